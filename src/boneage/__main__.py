@@ -1,0 +1,5 @@
+import sys
+
+from boneage.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""Configuration as typed dataclasses. The poster's recipe *is* the defaults of `TrainConfig`.
+
+Every run writes its resolved `TrainConfig` to `RUN_DIR/config.json` and into each checkpoint, so a result can be
+reproduced from its folder. `Preprocess` travels inside every checkpoint and every shipped weights file: training,
+evaluation, explanation and the service all build their input from it, and from nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boneage.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a radiograph of any size, bit depth and exposure becomes the model's input."""
+
+    image_size: int = 299  # pixels a side; Inception v3's native input
+    channels: int = 3  # the gray image repeated, so ImageNet-shaped trunks take it unchanged
+    resize: str = "stretch"  # "stretch": squeeze to a square, as the RSNA copy was made; "pad": keep aspect, pad
+    # Per-image intensity normalisation. "equalize" (histogram equalisation) maps any strictly increasing change of
+    # gray levels (contrast, brightness, gamma, 16-bit windowing) to the same image; see benchmarks/intensity.py.
+    intensity: str = "equalize"  # "equalize" | "percentile" | "none"
+    percentiles: tuple[float, float] = (0.5, 99.5)  # for intensity="percentile"
+    mean: float = 0.5  # of the normalised [0, 1] image; an equalised image is uniform on [0, 1]
+    std: float = 0.29  # 1/sqrt(12): the std of a uniform distribution on [0, 1]
+
+    def __post_init__(self):
+        if self.resize not in ("stretch", "pad"):
+            raise UserError(f"preprocess: resize must be 'stretch' or 'pad', not {self.resize!r}")
+        if self.intensity not in ("equalize", "percentile", "none"):
+            raise UserError(f"preprocess: intensity must be equalize, percentile or none, not {self.intensity!r}")
+        if self.channels not in (1, 3):
+            raise UserError(f"preprocess: channels must be 1 or 3, not {self.channels}")
+        if self.image_size < 32:
+            raise UserError(f"preprocess: image_size {self.image_size} is too small (at least 32)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: a trunk from the registry and the poster's sex-aware regression head."""
+
+    arch: str = "inception_v3"
+    sex_units: int = 16  # sex (male 1, female 0) -> FC 16 + ReLU
+    hidden: tuple[int, ...] = (1000, 500)  # FC + ReLU layers after concatenation
+    # The head predicts a z-score that is mapped back to months with the training labels' statistics, so the linear
+    # output starts near the right scale instead of climbing from 0 to ~127 months one Adam step at a time.
+    age_mean: float = 127.3  # months
+    age_std: float = 41.2  # months
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. Defaults: the poster (Adam 1e-3, plateau schedule, 200 epochs, batch 16, flips)."""
+
+    # data
+    images: str = ""
+    labels: str = ""
+    out: str = "runs/default"
+    limit: int | None = None  # train on the first N rows after a seeded shuffle
+    val_fraction: float = 0.2
+    seed: int = 42
+    cache_dir: str | None = None  # where decoded image stores live; default ~/.cache/boneage
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    # model
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # optimisation
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3  # at the reference batch size below
+    lr_reference_batch: int = 16
+    lr_scaling: str = "none"  # "none" | "sqrt" | "linear": how lr grows with batch_size / lr_reference_batch
+    weight_decay: float = 0.0
+    schedule: str = "plateau"  # "plateau" (the poster) | "cosine" (for a fixed budget of epochs)
+    plateau_factor: float = 0.8
+    plateau_patience: int = 10
+    plateau_cooldown: int = 5
+    min_lr: float = 1e-4
+    warmup_epochs: int = 0  # linear warm-up, with schedule="cosine"
+    # augmentation, applied to whole batches on the training device
+    hflip: bool = True
+    vflip: bool = True
+    contrast: float = 0.3  # contrast factor drawn from [1 - c, 1 + c]
+    brightness: float = 0.1  # additive shift in [-b, b] on the [0, 1] image
+    gamma: float = 0.3  # gamma drawn log-uniformly from [1/(1+g), 1+g]
+    rotate_deg: float = 0.0  # affine augmentation, off in the poster's recipe
+    scale: float = 0.0
+    translate: float = 0.0
+    # hardware
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None  # None: bf16-mixed on GPUs, 32-true on CPUs
+    compile: bool = False
+    channels_last: bool = True
+    device_cache: str = "auto"  # keep the uint8 training set on the GPU: "auto" | "on" | "off"
+    num_workers: int = 0
+    max_minutes: float | None = None  # stop (and save) after this wall time
+    checkpoint_every: int = 1  # epochs between last.ckpt saves
+
+    @property
+    def effective_lr(self) -> float:
+        ratio = self.batch_size / self.lr_reference_batch
+        return self.lr * {"none": 1.0, "sqrt": ratio**0.5, "linear": ratio}[self.lr_scaling]
+
+    def validate(self) -> None:
+        if self.lr_scaling not in ("none", "sqrt", "linear"):
+            raise UserError(f"config: lr_scaling must be none, sqrt or linear, not {self.lr_scaling!r}")
+        if self.schedule not in ("plateau", "cosine"):
+            raise UserError(f"config: schedule must be plateau or cosine, not {self.schedule!r}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"config: val_fraction must be between 0 and 1, not {self.val_fraction}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"config: {name} must be at least 1")
+
+
+def to_dict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    """Build a dataclass from a dict, refusing unknown keys (a typo in an override file must not pass silently)."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" and the like: notes for readers
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        if name == "preprocess" and isinstance(value, dict):
+            value = preprocess_from_dict(value, where)
+        elif name == "model" and isinstance(value, dict):
+            value = model_config_from_dict(value, where)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def preprocess_from_dict(data: dict[str, Any], where: str = "preprocess") -> Preprocess:
+    return _build(Preprocess, data, where)
+
+
+def model_config_from_dict(data: dict[str, Any], where: str = "model") -> ModelConfig:
+    return _build(ModelConfig, data, where)
+
+
+def train_config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    return _build(TrainConfig, data, where)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict update: an override file may set `{"preprocess": {"image_size": 512}}` alone."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of settings")
+    return data

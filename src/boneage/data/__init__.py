@@ -1,0 +1,1 @@
+"""Data: label tables, image decoding and preprocessing, splits, the decode-once store and the compact pack."""

@@ -1,0 +1,32 @@
+"""The seeded shuffle, `--limit`, and the randomised train/validation split, saved with every run."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from boneage.data.labels import Record, read_labels, write_labels
+
+
+def shuffle_and_limit(records: list[Record], seed: int, limit: int | None) -> list[Record]:
+    """A seeded shuffle by id (not by file order), then the first `limit` rows."""
+    ordered = sorted(records, key=lambda r: r.id)
+    random.Random(seed).shuffle(ordered)
+    return ordered[:limit] if limit else ordered
+
+
+def split(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Randomised split; at least one image on each side."""
+    shuffled = shuffle_and_limit(records, seed + 1, None)
+    n_val = min(max(1, round(len(shuffled) * val_fraction)), len(shuffled) - 1)
+    return shuffled[n_val:], shuffled[:n_val]
+
+
+def save_split(train: list[Record], val: list[Record], run_dir: Path) -> None:
+    """`train.csv` and `val.csv` in the training layout: `boneage evaluate --labels RUN/val.csv` scores the held-out part."""
+    write_labels(train, run_dir / "train.csv")
+    write_labels(val, run_dir / "val.csv")
+
+
+def load_split(run_dir: Path, images: Path) -> tuple[list[Record], list[Record]]:
+    return (read_labels(run_dir / "train.csv", images).records, read_labels(run_dir / "val.csv", images).records)

@@ -1,0 +1,119 @@
+"""Decode once: every image decoded, resized and normalised a single time into a memory-mapped uint8 array.
+
+A store is keyed by the preprocessing settings and by the source files (name, size, modification time), so changing
+either builds a new one. Its metadata (written last, atomically) holds a CRC of the pixels: a store whose files are
+missing, truncated, stale or corrupt is detected on opening and rebuilt, never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from boneage.config import Preprocess, to_dict
+from boneage.data.images import load_image
+from boneage.data.labels import Record
+from boneage.data.preprocess import preprocess_gray
+from boneage.errors import UserError
+
+FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BONEAGE_CACHE", Path.home() / ".cache" / "boneage")) / "stores"
+
+
+def store_key(records: list[Record], pp: Preprocess) -> str:
+    h = hashlib.sha256(json.dumps({"format": FORMAT, "preprocess": to_dict(pp)}, sort_keys=True).encode())
+    for r in records:
+        st = r.image.stat()
+        h.update(f"{r.id}\0{r.image.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _crc(array: np.ndarray) -> int:
+    crc = 0
+    for start in range(0, len(array), 1024):  # in slices: never a second copy of a gigabyte in memory
+        crc = zlib.crc32(np.ascontiguousarray(array[start : start + 1024]).data, crc)
+    return crc
+
+
+def _decode_one(args: tuple[str, dict]) -> tuple[np.ndarray | None, str | None]:
+    path, pp = args
+    try:
+        return preprocess_gray(load_image(path), Preprocess(**pp)), None
+    except UserError as exc:
+        return None, str(exc)
+
+
+@dataclass
+class ImageStore:
+    pixels: np.ndarray  # uint8 (N, S, S), memory-mapped
+    ids: list[str]
+    failed: dict[str, str]  # id -> why it could not be decoded; its row in `pixels` is zeros
+    path: Path
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {i: n for n, i in enumerate(self.ids)}
+
+
+def _open(npy: Path, meta_path: Path, ids: list[str]) -> ImageStore | None:
+    """The store if it is complete and intact, else None."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        pixels = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+    if meta.get("ids") != ids or list(pixels.shape) != meta.get("shape") or _crc(pixels) != meta.get("crc32"):
+        return None
+    return ImageStore(pixels, ids, meta.get("failed", {}), npy)
+
+
+def open_store(
+    records: list[Record], pp: Preprocess, cache_dir: str | Path | None = None, workers: int | None = None,
+    log=print,
+) -> ImageStore:
+    """Open the store for these records and settings, building (or rebuilding) it if needed."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = store_key(records, pp)
+    npy, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
+    ids = [r.id for r in records]
+    if npy.exists() or meta_path.exists():
+        store = _open(npy, meta_path, ids)
+        if store is not None:
+            return store
+        log(f"store {npy} is stale or damaged: rebuilding")
+        meta_path.unlink(missing_ok=True)
+
+    size = pp.image_size
+    tmp = npy.with_suffix(".npy.tmp")
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
+    failed: dict[str, str] = {}
+    jobs = [(str(r.image), to_dict(pp)) for r in records]
+    workers = workers or min(16, os.cpu_count() or 1)
+    log(f"decoding {len(records)} images once into {npy} ({workers} processes)")
+    with ProcessPoolExecutor(workers) as pool:
+        for n, (image, error) in enumerate(pool.map(_decode_one, jobs, chunksize=64)):
+            if error:
+                failed[records[n].id] = error
+            else:
+                pixels[n] = image
+    pixels.flush()
+    crc = _crc(pixels)
+    del pixels
+    os.replace(tmp, npy)
+    meta = {"format": FORMAT, "key": key, "ids": ids, "shape": [len(records), size, size], "crc32": crc,
+            "failed": failed, "preprocess": to_dict(pp)}
+    meta_tmp = meta_path.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps(meta))
+    os.replace(meta_tmp, meta_path)  # the metadata last: a store without it is incomplete by definition
+    return ImageStore(np.load(npy, mmap_mode="r"), ids, failed, npy)

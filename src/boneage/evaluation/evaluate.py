@@ -1,0 +1,83 @@
+"""`boneage evaluate`: a model on a labelled folder -> metrics, per-image predictions, figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from boneage.data.images import load_image
+from boneage.data.labels import Record, read_labels
+from boneage.errors import UserError
+from boneage.evaluation.metrics import report
+from boneage.inference.predictor import Predictor
+
+
+class _Prepared(Dataset):
+    """Decodes and preprocesses in loader workers, so the model never waits on JPEG decoding."""
+
+    def __init__(self, records: list[Record], predictor: Predictor):
+        self.records, self.pp = records, predictor.preprocess
+        self.prepare = predictor.prepare
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        try:
+            return torch.from_numpy(self.prepare(load_image(r.image))), r.male, i, ""
+        except UserError as exc:
+            return torch.zeros(self.pp.image_size, self.pp.image_size, dtype=torch.uint8), r.male, i, str(exc)
+
+
+def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = None, batch_size: int = 32,
+             workers: int = 2, log=print) -> dict:
+    table = read_labels(labels, images)
+    if table.skipped:
+        log(f"{labels}: {table.skipped_summary()}")
+    loader = DataLoader(_Prepared(table.records, predictor), batch_size=batch_size, num_workers=workers)
+    pred = np.full(len(table.records), np.nan)
+    failed: list[str] = []
+    for x, male, idx, errors in loader:
+        ages = predictor.predict_batch(x, male.numpy())
+        for i, a, e in zip(idx.tolist(), ages, errors):
+            if e:
+                failed.append(e)
+            else:
+                pred[i] = a
+    ok = ~np.isnan(pred)
+    if not ok.any():
+        raise UserError(f"{labels}: no image could be read (first: {failed[0] if failed else 'none'})")
+    records = [r for r, k in zip(table.records, ok) if k]
+    true = np.array([r.age_months for r in records])
+    male = np.array([r.male for r in records])
+    result = report(pred[ok], true, male)
+    result["skipped"] = len(table.skipped) + len(failed)
+    result["model_arch"] = predictor.cfg.model.arch
+    if out:
+        result["files"] = write_outputs(Path(out), records, pred[ok], result)
+    return result
+
+
+def write_outputs(out: Path, records: list[Record], pred: np.ndarray, result: dict) -> dict[str, str]:
+    from boneage.evaluation.figures import plot_bland_altman, plot_scatter
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "male", "true_months", "predicted_months", "error_months"])
+        for r, p in zip(records, pred):
+            w.writerow([r.id, r.male, f"{r.age_months:g}", f"{p:.2f}", f"{p - r.age_months:+.2f}"])
+    true = np.array([r.age_months for r in records])
+    male = np.array([r.male for r in records])
+    files = {"predictions": str(out / "predictions.csv"),
+             "scatter": str(plot_scatter(pred, true, male, out / "scatter.png")),
+             "bland_altman": str(plot_bland_altman(pred, true, out / "bland_altman.png")),
+             "metrics": str(out / "metrics.json")}
+    (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "files"}, indent=2))
+    return files

@@ -1,0 +1,109 @@
+"""Load a model from a training checkpoint or a shipped weights file, and predict bone age in months.
+
+Imports neither Lightning nor the training code: a checkpoint is read as plain data with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boneage.config import Preprocess, TrainConfig, train_config_from_dict
+from boneage.data.images import load_image
+from boneage.data.preprocess import preprocess_gray, to_model_input
+from boneage.errors import UserError
+from boneage.inference.weights import FORMAT, unpack_state_dict
+from boneage.models import BoneAgeNet, create_model
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "boneage-reference.pt"
+
+
+def default_model_path() -> Path:
+    """BONEAGE_MODEL if set, else the reference model shipped inside the package."""
+    return Path(os.environ.get("BONEAGE_MODEL", SHIPPED))
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        if path == SHIPPED:
+            raise UserError(f"{path}: no shipped model in this installation; pass --model CKPT")
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a boneage checkpoint ({first[:160]})") from None
+
+
+def load_model(path: str | Path | None = None) -> tuple[BoneAgeNet, TrainConfig, dict]:
+    """-> (network in eval mode on the CPU, its training config, its model card or {})."""
+    path = Path(path) if path else default_model_path()
+    ckpt = _read(path)
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a boneage checkpoint (no dict inside)")
+    if ckpt.get("format") == FORMAT:  # a shipped / exported weights file
+        config, state = ckpt["config"], unpack_state_dict(ckpt["state_dict"], ckpt.get("scales", {}))
+        card = ckpt.get("card", {})
+    elif "boneage" in ckpt and "state_dict" in ckpt:  # a Lightning checkpoint written by `boneage train`
+        config, card = ckpt["boneage"]["config"], {}
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    else:
+        raise UserError(f"{path}: not a boneage checkpoint (no boneage config inside)")
+    cfg = train_config_from_dict(config, f"{path} config")
+    model = create_model(cfg.model, in_chans=cfg.preprocess.channels)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not fit {cfg.model.arch} ({str(exc).splitlines()[0]})") from None
+    return model.eval(), cfg, card
+
+
+@dataclass
+class Prediction:
+    image: str
+    male: bool
+    bone_age_months: float
+
+    @property
+    def sex(self) -> str:
+        return "M" if self.male else "F"
+
+
+class Predictor:
+    """`Predictor.load(path).predict_files([...], [True, ...])`; inputs are preprocessed exactly as in training."""
+
+    def __init__(self, model: BoneAgeNet, cfg: TrainConfig, card: dict | None = None, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.cfg, self.card, self.device = cfg, card or {}, torch.device(device)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu") -> Predictor:
+        return cls(*load_model(path), device=device)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.cfg.preprocess
+
+    def prepare(self, gray: np.ndarray) -> np.ndarray:
+        """Float gray image of any size -> uint8 (S, S) model input."""
+        return preprocess_gray(gray, self.preprocess)
+
+    @torch.inference_mode()
+    def predict_batch(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
+        """uint8 (B, S, S) prepared images and (B,) male flags -> (B,) bone age in months."""
+        x = torch.as_tensor(np.asarray(images)).unsqueeze(1).to(self.device)
+        sex = torch.as_tensor(np.asarray(male, dtype=np.float32), device=self.device)
+        return self.model(to_model_input(x, self.preprocess), sex).float().cpu().numpy()
+
+    def predict_files(self, paths: list[str | Path], male: list[bool], batch_size: int = 16) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            images = np.stack([self.prepare(load_image(p)) for p in chunk])
+            ages = self.predict_batch(images, male[start : start + batch_size])
+            out += [Prediction(str(p), m, float(a)) for p, m, a in zip(chunk, male[start:], ages)]
+        return out

@@ -1,0 +1,81 @@
+"""Trunks from torchvision, built from scratch (weights=None: the poster trains without pretrained weights).
+
+Each returns a module mapping (B, C, H, W) -> pooled features (B, F), with its classifier removed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from boneage.models.registry import register_trunk
+
+
+def _first_conv_channels(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    if in_chans == conv.in_channels:
+        return conv
+    return nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+
+
+class _Inception(nn.Module):
+    """torchvision's Inception v3 up to its global pool. No auxiliary classifier: the regression has one output."""
+
+    def __init__(self, in_chans: int):
+        super().__init__()
+        net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False)
+        net.Conv2d_1a_3x3.conv = _first_conv_channels(net.Conv2d_1a_3x3.conv, in_chans)
+        net.fc = nn.Identity()
+        net.dropout = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out.logits if hasattr(out, "logits") else out
+
+
+@register_trunk("inception_v3", min_size=75)
+def inception_v3(in_chans: int = 3):
+    return _Inception(in_chans), 2048
+
+
+def _resnet(builder, in_chans: int):
+    net = builder(weights=None)
+    net.conv1 = _first_conv_channels(net.conv1, in_chans)
+    width = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, width
+
+
+@register_trunk("resnet101")
+def resnet101(in_chans: int = 3):
+    return _resnet(tvm.resnet101, in_chans)
+
+
+@register_trunk("resnet50")
+def resnet50(in_chans: int = 3):
+    return _resnet(tvm.resnet50, in_chans)
+
+
+@register_trunk("resnet18")
+def resnet18(in_chans: int = 3):
+    return _resnet(tvm.resnet18, in_chans)
+
+
+@register_trunk("efficientnet_b0")
+def efficientnet_b0(in_chans: int = 3):
+    net = tvm.efficientnet_b0(weights=None)
+    net.features[0][0] = _first_conv_channels(net.features[0][0], in_chans)
+    net.classifier = nn.Identity()
+    return net, 1280
+
+
+@register_trunk("tiny_cnn", min_size=16)
+def tiny_cnn(in_chans: int = 3):
+    """A few-thousand-parameter CNN for tests and quick experiments on generated images."""
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+    net = nn.Sequential(block(in_chans, 16), block(16, 32), block(32, 32), nn.Conv2d(32, 32, 3, padding=1),
+                        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return net, 32

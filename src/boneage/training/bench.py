@@ -1,0 +1,87 @@
+"""`boneage bench`: loader rate, training rate fed by the real loader, and the compute bound, in one run.
+
+train / compute says what the loader costs; loader alone says how far it is from limiting anything. Training and
+compute steps are measured alternately, so drift in the machine's speed falls on both equally.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from boneage.config import TrainConfig, to_dict
+from boneage.training.datamodule import BoneAgeData
+from boneage.training.module import BoneAgeModule, prepare_batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: int = 2, log=print) -> dict:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest convolutions, as train does
+    data = BoneAgeData(cfg, log=log)
+    data.prepare(save=False)
+    if dev.type == "cuda" and cfg.device_cache != "off":
+        data.train_set = data.train_set.to(dev)
+    loader = data.train_dataloader()
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+    # 1. the loader alone: batches cut from the store and delivered on the device
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 2.0 or n < 5 * cfg.batch_size:
+        images, male, age = next(stream)
+        images = images.to(dev, non_blocking=True)
+        n += len(images)
+    _sync(dev)
+    loader_rate = n / (time.perf_counter() - start)
+
+    # 2 and 3. training steps: fed by the loader, and on one batch already on the device
+    module = BoneAgeModule(to_dict(cfg)).to(dev).train()
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.effective_lr)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    def step(images, male, age) -> None:
+        x = prepare_batch(images.to(dev, non_blocking=True), cfg, train=True)
+        with autocast:
+            loss = F.l1_loss(module(x, male.to(dev)).float(), age.to(dev).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    fixed = tuple(t.to(dev) for t in next(stream))
+    for _ in range(warmup):
+        step(*next(stream))
+        step(*fixed)
+    _sync(dev)
+    t_train = t_compute = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step(*next(stream))
+        _sync(dev)
+        t1 = time.perf_counter()
+        step(*fixed)
+        _sync(dev)
+        t_train += t1 - t0
+        t_compute += time.perf_counter() - t1
+    imgs = steps * cfg.batch_size
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "arch": cfg.model.arch, "image_size": cfg.preprocess.image_size, "batch_size": cfg.batch_size,
+        "precision": "bf16-mixed" if dev.type == "cuda" else "32-true", "compile": cfg.compile,
+        "loader_images_per_s": round(loader_rate, 1),
+        "train_images_per_s": round(imgs / t_train, 2),
+        "compute_images_per_s": round(imgs / t_compute, 2),
+        "train_over_compute": round(t_compute / t_train, 3),
+        "steps": steps,
+    }

@@ -1,0 +1,107 @@
+"""The datamodule: labels -> seeded split -> decode-once store -> batches of uint8 images, on the GPU when they fit.
+
+Batches are cut by index from one uint8 tensor (`images[idx]`), never assembled sample by sample, so the loader costs
+almost nothing next to a training step. Augmentation happens later, on the device (`BoneAgeModule`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from boneage.config import TrainConfig
+from boneage.data.labels import Record, read_labels
+from boneage.data.split import save_split, shuffle_and_limit, split
+from boneage.data.store import open_store
+
+
+class TensorBatches(Dataset):
+    """Indexed by a list of indices: returns the whole batch (images (B, 1, S, S) uint8, male (B,), age (B,))."""
+
+    def __init__(self, images: torch.Tensor, male: torch.Tensor, age: torch.Tensor):
+        self.images, self.male, self.age = images, male, age
+
+    def __len__(self) -> int:
+        return len(self.age)
+
+    def __getitem__(self, idx: list[int]):
+        i = torch.as_tensor(idx, device=self.age.device)
+        return self.images[i].unsqueeze(1), self.male[i], self.age[i]
+
+    def to(self, device) -> TensorBatches:
+        return TensorBatches(self.images.to(device), self.male.to(device), self.age.to(device))
+
+
+class EpochBatchSampler(BatchSampler):
+    """A BatchSampler that forwards `set_epoch`, so a DistributedSampler reshuffles every epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def _tensors(records: list[Record], store) -> TensorBatches:
+    index = store.index
+    rows = torch.as_tensor([index[r.id] for r in records], dtype=torch.long)
+    images = torch.from_numpy(store.pixels[rows.numpy()])  # one gather from the memory map: (N, S, S) uint8
+    male = torch.tensor([float(r.male) for r in records])
+    age = torch.tensor([r.age_months for r in records])
+    return TensorBatches(images, male, age)
+
+
+class BoneAgeData(L.LightningDataModule):
+    def __init__(self, cfg: TrainConfig, log=print):
+        super().__init__()
+        self.cfg, self._print = cfg, log
+        self.train_set: TensorBatches | None = None
+        self.val_set: TensorBatches | None = None
+
+    def prepare(self, save: bool = True) -> tuple[list[Record], list[Record]]:
+        """Read labels, split, decode. Called once before the Trainer starts (and so before any DDP fork)."""
+        cfg = self.cfg
+        table = read_labels(cfg.labels, cfg.images)
+        self._print(f"{cfg.labels}: {len(table.records)} usable rows; {table.skipped_summary()}")
+        for line in table.skipped[:5]:
+            self._print(f"  skipped {line}")
+        records = shuffle_and_limit(table.records, cfg.seed, cfg.limit)
+        store = open_store(records, cfg.preprocess, cfg.cache_dir, log=self._print)
+        if store.failed:
+            self._print(f"{len(store.failed)} images could not be decoded and are skipped; first: "
+                     f"{next(iter(store.failed.values()))}")
+            records = [r for r in records if r.id not in store.failed]
+        train, val = split(records, cfg.val_fraction, cfg.seed)
+        if save:
+            save_split(train, val, Path(cfg.out))
+        self.train_set, self.val_set = _tensors(train, store), _tensors(val, store)
+        self.age_stats = (float(self.train_set.age.mean()), float(self.train_set.age.std()))
+        return train, val
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.prepare()
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        if device.type == "cuda" and self.cfg.device_cache != "off":
+            self.train_set, self.val_set = self.train_set.to(device), self.val_set.to(device)
+
+    def _loader(self, data: TensorBatches, train: bool) -> DataLoader:
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if distributed:
+            sampler = DistributedSampler(data, shuffle=train, seed=self.cfg.seed, drop_last=train)
+        else:
+            sampler = RandomSampler(data) if train else SequentialSampler(data)
+        batch_size = self.cfg.batch_size if train else self.cfg.batch_size * 2
+        # Drop a ragged last training batch only when there are full ones: a 1-image BatchNorm batch is noise.
+        drop_last = train and len(data) > self.cfg.batch_size
+        on_gpu = data.age.device.type == "cuda"
+        return DataLoader(data, sampler=EpochBatchSampler(sampler, batch_size, drop_last), batch_size=None,
+                          num_workers=0 if on_gpu else self.cfg.num_workers, pin_memory=not on_gpu and
+                          torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)

@@ -1,0 +1,94 @@
+"""`boneage train`, top to bottom: settings -> data -> model -> trainer -> fit -> curves.
+
+RUN_DIR holds everything needed to reproduce or continue the run: config.json, train.csv / val.csv (the split),
+metrics.csv (one row per epoch), best.ckpt (lowest validation MAD), last.ckpt (for --resume), curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from boneage.config import TrainConfig, to_dict, train_config_from_dict
+from boneage.errors import UserError
+from boneage.training.callbacks import AtomicCheckpointIO, EpochCSV, SaveLastAtEnd
+from boneage.training.datamodule import BoneAgeData
+from boneage.training.module import BoneAgeModule
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision:
+        return cfg.precision
+    gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
+    """Train; returns the path of best.ckpt."""
+    out = Path(cfg.out)
+    last = out / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise UserError(f"{last}: nothing to resume (no last.ckpt in {out})")
+    elif (out / "metrics.csv").exists():
+        raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+    cfg.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it
+
+    data = BoneAgeData(cfg, log=log)
+    train, val = data.prepare()
+    if not resume:
+        mean, std = data.age_stats
+        cfg.model = type(cfg.model)(**{**to_dict(cfg.model), "age_mean": round(mean, 2), "age_std": round(std, 2)})
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    log(f"{len(train)} training / {len(val)} validation images; {cfg.model.arch} at {cfg.preprocess.image_size} px; "
+        f"lr {cfg.effective_lr:.3g}, batch {cfg.batch_size}, {cfg.epochs} epochs")
+
+    module = BoneAgeModule(to_dict(cfg))
+    interactive = sys.stderr.isatty()  # a progress bar for people; one line per epoch for logs
+    best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_mad", mode="min", save_top_k=1,
+                           save_weights_only=True, enable_version_counter=False, auto_insert_metric_name=False)
+    latest = ModelCheckpoint(dirpath=out, filename="last", every_n_epochs=cfg.checkpoint_every, save_top_k=1,
+                             enable_version_counter=False)
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator, devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
+        num_nodes=cfg.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.epochs,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        callbacks=[best, latest, EpochCSV(out / "metrics.csv", log), SaveLastAtEnd(last)]
+        + ([TQDMProgressBar(refresh_rate=10)] if interactive else []),
+        enable_progress_bar=interactive,
+        plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out, use_distributed_sampler=False,
+        num_sanity_val_steps=0, benchmark=True, enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+
+    if trainer.is_global_zero:
+        from boneage.evaluation.figures import plot_curves
+
+        plot_curves(out / "metrics.csv", out / "curves.png")
+        if best.best_model_score is not None:
+            log(f"best validation MAD {float(best.best_model_score):.2f} months -> {out / 'best.ckpt'}")
+    return out / "best.ckpt"
+
+
+def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig:
+    """The run's own saved config; only the number of epochs may be raised to extend it."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no saved config to resume from")
+    cfg = train_config_from_dict(json.loads(path.read_text()), str(path))
+    if epochs:
+        cfg.epochs = epochs
+    return cfg
