@@ -16,7 +16,7 @@ LIMIT=${LIMIT:-0}
 WORK=${WORK:-/tmp/boneage-gpu}; rm -rf "$WORK"; mkdir -p "$WORK/data"
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/log.txt"; }
 
-(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU") | tee "$OUT/device.txt"
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU") | tee -a "$OUT/log.txt"
 python3 -c "import torch, torchvision, lightning; print('torch', torch.__version__, 'tv', torchvision.__version__, 'L', lightning.__version__)" | tee -a "$OUT/log.txt"
 python3 -m zipfile -e "$PACK" "$WORK/data"
 log "unpacked $(ls "$WORK/data/images" | wc -l) images"

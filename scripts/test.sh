@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up (a virtual environment with boneage and its test tools) and run the whole test suite.
+# The README's test command; .ci/run calls it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+# torch pinned to the build this project is tested with (any torch >= 2.4 works; this one installs from a local mirror)
+python -m pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
+# A real browser for the web-page test, from Debian (skipped with a message where it cannot be installed)
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "chromium could not be installed: the browser test will be skipped"
+fi
+ruff check src tests benchmarks scripts
+python -m pytest -q "$@"

@@ -1,0 +1,66 @@
+"""Shared fixtures: generated datasets and one small model trained on them, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsna-bone-age"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> tuple[Path, Path]:
+    """(images folder, labels CSV) of 360 generated 64 px images whose disc radius grows with age."""
+    from boneage.data.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    labels = make_dataset(root, 360, size=64, seed=0)
+    return root / "images", labels
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic, tmp_path_factory) -> Path:
+    """A tiny_cnn run trained for a few epochs on the generated set; returns the run folder."""
+    from boneage.config import ModelConfig, Preprocess, TrainConfig
+    from boneage.training.train import run
+
+    images, labels = synthetic
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig(images=str(images), labels=str(labels), out=str(out), model=ModelConfig(arch="tiny_cnn"),
+                      preprocess=Preprocess(image_size=64), epochs=14, batch_size=32, lr=3e-3, schedule="cosine",
+                      cache_dir=str(out.parent / "cache"))
+    run(cfg, log=lambda m: None)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+    """`python -m boneage ARGS` in a fresh process, as a user would run it (slow: ~3 s of imports)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "boneage", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def cli(*args) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+    """`boneage ARGS` in this process: the same `main`, exit code and output, without a new interpreter."""
+    import contextlib
+    import io
+    import subprocess
+
+    from boneage.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

@@ -1,0 +1,106 @@
+"""Bad input gets one line naming the file and the problem, a non-zero exit, and no traceback."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import cli, run_cli
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("boneage: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return trained / "best.ckpt"
+
+
+def test_predict_missing_file(model, tmp_path):  # one real process: what a user sees, end to end
+    _assert_one_line_error(run_cli("predict", tmp_path / "nope.png", "--sex", "M", "--model", model),
+                           "nope.png", "no such file")
+
+
+def test_predict_truncated_image(model, synthetic, tmp_path):
+    src = sorted(synthetic[0].iterdir())[0].read_bytes()
+    (tmp_path / "cut.png").write_bytes(src[: len(src) // 2])
+    _assert_one_line_error(cli("predict", tmp_path / "cut.png", "--sex", "F", "--model", model), "cut.png")
+
+
+def test_predict_not_an_image(model, tmp_path):
+    (tmp_path / "notes.png").write_text("hello")
+    _assert_one_line_error(cli("predict", tmp_path / "notes.png", "--sex", "F", "--model", model),
+                           "notes.png", "not an image")
+
+
+def test_predict_bad_sex(model, synthetic):
+    image = sorted(synthetic[0].iterdir())[0]
+    _assert_one_line_error(cli("predict", image, "--sex", "X", "--model", model), "--sex")
+
+
+def test_checkpoint_that_is_not_one(tmp_path, synthetic):
+    (tmp_path / "fake.ckpt").write_bytes(b"\x00garbage" * 10)
+    image = sorted(synthetic[0].iterdir())[0]
+    _assert_one_line_error(cli("predict", image, "--sex", "M", "--model", tmp_path / "fake.ckpt"),
+                           "fake.ckpt", "not a boneage checkpoint")
+
+
+def test_evaluate_unknown_layout(model, synthetic, tmp_path):
+    (tmp_path / "l.csv").write_text("a,b\n1,2\n")
+    _assert_one_line_error(cli("evaluate", "--model", model, "--images", synthetic[0], "--labels",
+                                   tmp_path / "l.csv"), "l.csv", "unknown label layout")
+
+
+def test_train_missing_folder(tmp_path, synthetic):
+    _assert_one_line_error(cli("train", "--images", tmp_path / "none", "--labels", synthetic[1], "--out",
+                                   tmp_path / "r"), "none", "no such folder")
+
+
+def test_train_with_a_few_bad_rows_trains_on_the_rest_and_says_so(tmp_path, synthetic):
+    images, labels = synthetic
+    rows = labels.read_text().splitlines()
+    bad = rows[:41] + ["9999,100,True", "1001,,True", "1002,5000,False"]  # no image, no age, absurd age
+    (tmp_path / "l.csv").write_text("\n".join(bad) + "\n")
+    (tmp_path / "img").mkdir()
+    for row in rows[1:41]:
+        (tmp_path / "img" / f"{row.split(',')[0]}.png").write_bytes((images / f"{row.split(',')[0]}.png").read_bytes())
+    Image.new("L", (3, 3)).save(tmp_path / "img" / "1001.png")
+    (tmp_path / "img" / "1003.png").write_bytes(b"broken")  # listed in rows[:41], undecodable
+    result = cli("train", "--images", tmp_path / "img", "--labels", tmp_path / "l.csv", "--out", tmp_path / "r",
+                     "--arch", "tiny_cnn", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                     "--cache-dir", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert "3 rows skipped" in result.stderr and "no image" in result.stderr and "age out of range" in result.stderr
+    assert "1 images could not be decoded" in result.stderr
+    assert (tmp_path / "r" / "best.ckpt").is_file()
+
+
+def test_evaluate_json_has_the_promised_keys(model, trained, synthetic, tmp_path):
+    result = cli("evaluate", "--model", model, "--images", synthetic[0], "--labels", trained / "val.csv",
+                     "--json", "--out", tmp_path / "ev", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"n", "mad_months", "rmse_months", "bias_months", "by_sex", "by_age_band"} <= set(report)
+    for name in ("predictions.csv", "scatter.png", "bland_altman.png", "curves.png", "metrics.json"):
+        assert (tmp_path / "ev" / name).is_file(), name
+
+
+def test_predict_prints_months_and_years(model, synthetic):
+    image = sorted(synthetic[0].iterdir())[0]
+    result = cli("predict", image, "--sex", "F", "--model", model)
+    assert result.returncode == 0, result.stderr
+    assert " months (" in result.stdout and " y " in result.stdout and "sex F" in result.stdout
+
+
+def test_predict_path_does_not_import_lightning():
+    import subprocess
+    import sys
+
+    code = "import sys, boneage.cli, boneage.inference.predictor; print('lightning' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -1,0 +1,57 @@
+"""Decode once: the store is reused, and a stale or damaged one is rebuilt, never silently used."""
+
+import numpy as np
+from PIL import Image
+
+from boneage.config import Preprocess
+from boneage.data.labels import read_labels
+from boneage.data.store import open_store
+
+
+def _dataset(tmp_path, n=6):
+    folder = tmp_path / "img"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "l.csv").write_text("id,boneage,male\n" + "".join(f"{i},{10 * i + 5},True\n" for i in range(n)))
+    return read_labels(tmp_path / "l.csv", folder).records
+
+
+def test_store_holds_preprocessed_images_and_is_reused(tmp_path):
+    records, pp, logs = _dataset(tmp_path), Preprocess(image_size=32), []
+    store = open_store(records, pp, tmp_path / "cache", workers=1, log=logs.append)
+    assert store.pixels.shape == (6, 32, 32) and store.pixels.dtype == np.uint8
+    assert len(logs) == 1 and "decoding 6 images" in logs[0]
+    again = open_store(records, pp, tmp_path / "cache", workers=1, log=logs.append)
+    assert len(logs) == 1  # nothing decoded the second time
+    assert np.array_equal(np.asarray(again.pixels), np.asarray(store.pixels))
+
+
+def test_changed_settings_or_files_make_a_new_store(tmp_path):
+    records = _dataset(tmp_path)
+    a = open_store(records, Preprocess(image_size=32), tmp_path / "cache", workers=1, log=lambda m: None)
+    b = open_store(records, Preprocess(image_size=48), tmp_path / "cache", workers=1, log=lambda m: None)
+    Image.new("L", (40, 30), 255).save(records[0].image)
+    c = open_store(records, Preprocess(image_size=32), tmp_path / "cache", workers=1, log=lambda m: None)
+    assert len({a.path, b.path, c.path}) == 3
+    assert (c.pixels[0] == 0).all()  # the new content: constant, equalised to 0
+
+
+def test_damaged_store_is_detected_and_rebuilt(tmp_path):
+    records, pp, logs = _dataset(tmp_path), Preprocess(image_size=32), []
+    store = open_store(records, pp, tmp_path / "cache", workers=1, log=logs.append)
+    good = np.array(store.pixels)
+    with open(store.path, "r+b") as f:  # flip bytes in the pixel data
+        f.seek(-100, 2)
+        f.write(b"\x00\x01" * 50)
+    rebuilt = open_store(records, pp, tmp_path / "cache", workers=1, log=logs.append)
+    assert any("stale or damaged" in m for m in logs)
+    assert np.array_equal(np.asarray(rebuilt.pixels), good)
+
+
+def test_an_undecodable_image_is_recorded_not_fatal(tmp_path):
+    records = _dataset(tmp_path)
+    records[2].image.write_bytes(b"not a png")
+    store = open_store(records, Preprocess(image_size=32), tmp_path / "cache", workers=1, log=lambda m: None)
+    assert list(store.failed) == ["2"] and "not an image" in store.failed["2"]
