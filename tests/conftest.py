@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,20 +41,18 @@ def trained(synthetic, tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m boneage ARGS` in a fresh process, as a user would run it (slow: ~3 s of imports)."""
-    import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "boneage", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
 
 
-def cli(*args) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+def cli(*args) -> subprocess.CompletedProcess[str]:
     """`boneage ARGS` in this process: the same `main`, exit code and output, without a new interpreter."""
     import contextlib
     import io
-    import subprocess
 
     from boneage.cli import main
 

@@ -102,7 +102,7 @@ def read_labels(labels: str | Path, images: str | Path, require_image: bool = Tr
             continue
         where = f"{labels}:{line_no}"
 
-        def cell(name: str) -> str:
+        def cell(name: str, row: list[str] = row) -> str:
             i = col[name]
             return row[i].strip() if i < len(row) else ""
 

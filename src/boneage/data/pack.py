@@ -59,5 +59,6 @@ def build_pack(images: str, labels: str, out: str, size: int = 299, quality: int
     os.replace(tmp, out_path)
     result = {"pack": str(out_path), "images": len(kept), "skipped": len(skipped), "bytes": out_path.stat().st_size,
               "size": size, "quality": quality}
-    log(f"{out_path}: {len(kept)} images, {result['bytes'] / 1e6:.1f} MB; unpack with `python -m zipfile -e {out_path} DIR`")
+    log(f"{out_path}: {len(kept)} images, {result['bytes'] / 1e6:.1f} MB; "
+        f"unpack with `python -m zipfile -e {out_path} DIR`")
     return result

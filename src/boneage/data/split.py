@@ -23,7 +23,7 @@ def split(records: list[Record], val_fraction: float, seed: int) -> tuple[list[R
 
 
 def save_split(train: list[Record], val: list[Record], run_dir: Path) -> None:
-    """`train.csv` and `val.csv` in the training layout: `boneage evaluate --labels RUN/val.csv` scores the held-out part."""
+    """`train.csv` and `val.csv` in the training layout: `evaluate --labels RUN/val.csv` scores the held-out part."""
     write_labels(train, run_dir / "train.csv")
     write_labels(val, run_dir / "val.csv")
 

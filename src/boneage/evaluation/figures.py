@@ -42,8 +42,9 @@ def plot_bland_altman(pred, true, path: Path) -> Path:
     bias, sd = float(np.mean(diff)), float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.scatter(mean, diff, s=6, alpha=0.5, color="tab:gray")
-    for y, style, label in ((bias, "-", f"bias {bias:+.2f}"), (bias + 1.96 * sd, "--", f"+1.96 SD {bias + 1.96 * sd:+.1f}"),
-                            (bias - 1.96 * sd, "--", f"-1.96 SD {bias - 1.96 * sd:+.1f}")):
+    hi, lo = bias + 1.96 * sd, bias - 1.96 * sd
+    for y, style, label in ((bias, "-", f"bias {bias:+.2f}"), (hi, "--", f"+1.96 SD {hi:+.1f}"),
+                            (lo, "--", f"-1.96 SD {lo:+.1f}")):
         ax.axhline(y, color="tab:red", ls=style, lw=1, label=label)
     ax.set(xlabel="mean of predicted and true (months)", ylabel="predicted - true (months)",
            title=f"Bland-Altman (n={len(diff)})")

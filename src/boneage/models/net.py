@@ -1,4 +1,4 @@
-"""The poster's network: trunk features ++ sex through FC 16 + ReLU, then FC 1000 + ReLU, FC 500 + ReLU, linear output."""
+"""The poster's network: trunk features ++ sex through FC 16 + ReLU, then FC 1000, FC 500 (ReLU) and a linear output."""
 
 from __future__ import annotations
 

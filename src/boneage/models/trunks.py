@@ -15,7 +15,8 @@ from boneage.models.registry import register_trunk
 def _first_conv_channels(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
     if in_chans == conv.in_channels:
         return conv
-    return nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    return nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     bias=conv.bias is not None)
 
 
 class _Inception(nn.Module):

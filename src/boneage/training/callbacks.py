@@ -46,8 +46,8 @@ class EpochCSV(L.Callback):
             "lr": f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}",
             "seconds": f"{time.perf_counter() - self._start:.1f}",
         }
-        self._print(f"epoch {row['epoch']}/{trainer.max_epochs}: train MAD {row['train_mad']}, val MAD {row['val_mad']}, "
-                 f"lr {row['lr']}, {row['seconds']} s")
+        self._print(f"epoch {row['epoch']}/{trainer.max_epochs}: train MAD {row['train_mad']}, "
+                    f"val MAD {row['val_mad']}, lr {row['lr']}, {row['seconds']} s")
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
             w = csv.DictWriter(f, self.FIELDS)

@@ -1,0 +1,1 @@
+"""The clinical service: `boneage serve` (FastAPI), its JSON API and its web page."""

@@ -1,0 +1,186 @@
+"""The service: every answer is JSON, bad input is a 4xx naming the problem, and the server outlives every request."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples" / "14471.jpg"
+
+
+@pytest.fixture(scope="module")
+def app(trained):
+    from boneage.inference.predictor import Predictor
+    from boneage.serving.app import create_app
+    from boneage.serving.report import Reporter
+
+    model = trained / "best.ckpt"
+    return create_app(Reporter(Predictor.load(model), lambda: Predictor.load(model)), max_upload_mb=2)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return TestClient(app)
+
+
+def _post(client, data: bytes, name="x.png", **form):
+    return client.post("/predict", files={"file": (name, data)}, data={k: str(v) for k, v in form.items()})
+
+
+def test_health_and_openapi(client):
+    assert client.get("/health").json()["status"] == "ok"
+    spec = client.get("/openapi.json").json()
+    assert "/predict" in spec["paths"] and "/health" in spec["paths"]
+
+
+def test_predict_with_age_gives_bone_age_and_sds(client):
+    r = _post(client, EXAMPLE.read_bytes(), "14471.jpg", sex="M", chronological_age_months=114)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert 0 < d["bone_age_months"] < 300 and d["sex"] == "M" and d["sex_source"] == "given"
+    assert d["sds"]["sd_months"] == pytest.approx(9.39, abs=0.01)  # boys: 9.00 at 108, 9.79 at 120 -> 9.395 at 114
+    assert d["bone_age_years_months"].endswith(" m")
+
+
+def test_sixteen_bit_png_of_any_shape(client):
+    gray = np.asarray(Image.open(EXAMPLE).convert("L"), dtype=np.float64)
+    big = Image.fromarray((gray * 257).astype(np.uint16)).resize((420, 560))
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    r = _post(client, buf.getvalue(), "big16.png", sex="M")
+    assert r.status_code == 200, r.text
+    assert (r.json()["width"], r.json()["height"]) == (420, 560)
+
+
+def test_dicom_sex_and_age_from_the_header(client):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    gray = np.asarray(Image.open(EXAMPLE).convert("L"), dtype=np.uint16) * 16  # 12-bit
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID = ExplicitVRLittleEndian, "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.PatientSex, ds.PatientBirthDate, ds.StudyDate, ds.Modality = "M", "20100101", "20200101", "DX"
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = gray.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    r = _post(client, buf.getvalue(), "hand.dcm")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["sex"] == "M" and d["sex_source"] == "dicom"
+    assert d["chronological_age_months"] == pytest.approx(120, abs=0.5) and d["chronological_age_source"] == "dicom"
+
+
+@pytest.mark.parametrize(
+    ("data", "form", "fragment"),
+    [
+        (b"hello, not an image", {"sex": "M"}, "not an image"),
+        (None, {}, "sex is required"),
+        (None, {"sex": "X"}, "expected M or F"),
+        (b"", {"sex": "F"}, "empty upload"),
+        ("constant", {"sex": "F"}, "constant"),
+        (None, {"sex": "F", "birth_date": "2010-01-01"}, "both birth_date and study_date"),
+    ],
+    ids=["not-image", "no-sex", "bad-sex", "empty", "constant", "one-date"],
+)
+def test_bad_input_is_a_400_with_a_reason(client, data, form, fragment):
+    if data is None:
+        data = EXAMPLE.read_bytes()
+    elif data == "constant":
+        buf = io.BytesIO()
+        Image.new("L", (300, 300), 128).save(buf, "PNG")
+        data = buf.getvalue()
+    r = _post(client, data, "upload.png", **form)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["detail"]
+    assert client.get("/health").status_code == 200  # still serving
+
+
+def test_upload_limit_is_a_413(client):
+    r = _post(client, b"\0" * (3 * 1024 * 1024), "huge.png", sex="M")
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+
+def test_out_of_range_age_is_a_422_and_age_outside_the_table_is_flagged(client):
+    assert _post(client, EXAMPLE.read_bytes(), sex="M", chronological_age_months=-3).status_code == 422
+    d = _post(client, EXAMPLE.read_bytes(), sex="F", chronological_age_months=200).json()
+    assert d["sds"]["sds"] is None and d["sds"]["flag"] == "above_reference"
+
+
+def test_heatmap_and_preview_are_png_data_urls(client):
+    d = _post(client, EXAMPLE.read_bytes(), "14471.jpg", sex="M", heatmap="true", preview="true").json()
+    for key in ("heatmap_png", "preview_png"):
+        assert d[key].startswith("data:image/png;base64,")
+
+
+def test_concurrent_requests_all_succeed(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = EXAMPLE.read_bytes()
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda _: _post(client, data, sex="F").status_code, range(16)))
+    assert codes == [200] * 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_web_page_in_a_real_browser(app, tmp_path):
+    """Chromium (Debian's) driven by Playwright: pick a file, set sex and age, see the bone age and SDS."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium on this machine (scripts/test.sh installs Debian's): browser test skipped")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#file", str(EXAMPLE))
+            page.select_option("#sex", "M")
+            page.fill("#age", "114")
+            page.click("#go")
+            page.wait_for_selector("#result", state="visible", timeout=60_000)
+            assert "months" in page.inner_text("#bone-age")
+            facts = page.inner_text("#facts")
+            assert "Bone-age SDS" in facts and "Greulich" in facts
+            assert page.eval_on_selector("#heat", "img => img.naturalWidth") > 0
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            page.set_input_files("#file", str(Path(__file__)))  # not an image: the page shows the reason
+            page.click("#go")
+            page.wait_for_selector("#error", state="visible", timeout=30_000)
+            assert "not an image" in page.inner_text("#error")
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
