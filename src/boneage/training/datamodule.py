@@ -83,8 +83,19 @@ class BoneAgeData(L.LightningDataModule):
         if self.train_set is None:
             self.prepare()
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        if device.type == "cuda" and self.cfg.device_cache != "off":
+        if device.type == "cuda" and self._fits_on(device):
             self.train_set, self.val_set = self.train_set.to(device), self.val_set.to(device)
+
+    def _fits_on(self, device: torch.device) -> bool:
+        """device_cache "on" always; "auto" when the uint8 images take under a quarter of the free GPU memory."""
+        if self.cfg.device_cache != "auto":
+            return self.cfg.device_cache == "on"
+        need = self.train_set.images.numel() + self.val_set.images.numel()  # bytes: uint8
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free / 4:
+            self._print(f"training images ({need / 1e9:.1f} GB) stay in host memory: too large for the GPU cache")
+            return False
+        return True
 
     def _loader(self, data: TensorBatches, train: bool) -> DataLoader:
         distributed = self.trainer is not None and self.trainer.world_size > 1

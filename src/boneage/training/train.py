@@ -7,6 +7,7 @@ metrics.csv (one row per epoch), best.ckpt (lowest validation MAD), last.ckpt (f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -59,6 +60,7 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                            save_weights_only=True, enable_version_counter=False, auto_insert_metric_name=False)
     latest = ModelCheckpoint(dirpath=out, filename="last", every_n_epochs=cfg.checkpoint_every, save_top_k=1,
                              enable_version_counter=False)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banners and tips
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
         num_nodes=cfg.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.epochs,
@@ -69,9 +71,13 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out, use_distributed_sampler=False,
         num_sanity_val_steps=0, benchmark=True, enable_model_summary=False,
     )
+    log(f"device {trainer.strategy.root_device}, precision {trainer.precision}, {trainer.world_size} process(es)")
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+        # Expected here, and noise to a reader: batches are cut from one tensor (no workers needed), the run folder
+        # holds the split before the first checkpoint, and the module (not the datamodule) owns the batch transfer.
+        for message in (".*does not have many workers.*", ".*Checkpoint directory.*exists and is not empty.*",
+                        ".*overridden `on_after_batch_transfer`.*", ".*LeafSpec.*"):
+            warnings.filterwarnings("ignore", message=message)
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
 
     if trainer.is_global_zero:
