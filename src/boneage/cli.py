@@ -138,28 +138,157 @@ def cmd_evaluate(args) -> int:
 
 # -------------------------------------------------------------------------------------------------------- predict
 def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="bone age of one or more radiographs")
+    p = sub.add_parser("predict", help="bone age of one or more radiographs (PNG, JPEG, TIFF, DICOM...)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--sex", required=True, help="M or F for all images, or a comma list, one per image")
-    p.add_argument("--model", help="checkpoint or weights file (default: the shipped model)")
+    p.add_argument("--sex", help="M or F for all images, or a comma list, one per image; optional for DICOM files "
+                                 "that record PatientSex")
+    p.add_argument("--model", help="checkpoint, weights or .onnx file (default: the shipped model)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: ONNX Runtime (a .pt/.ckpt model is exported once into ~/.cache/boneage/onnx)")
+    g = p.add_argument_group("chronological age, for the bone-age SDS (Greulich & Pyle, Brush Foundation)")
+    g.add_argument("--age", type=float, metavar="MONTHS", help="chronological age in months")
+    g.add_argument("--dob", metavar="YYYY-MM-DD", help="date of birth")
+    g.add_argument("--study-date", metavar="YYYY-MM-DD", help="date of the radiograph, with --dob "
+                                                               "(default: the DICOM StudyDate)")
+    p.add_argument("--no-checks", dest="check", action="store_false",
+                   help="skip the quality checks that refuse images too small, constant, in colour, inverted or "
+                        "probably not a hand radiograph (see boneage.quality); for generated or unusual images")
     p.add_argument("--json", action="store_true", help="one JSON object per line, per image")
+    p.add_argument("--heatmap", metavar="DIR", help="also write a saliency overlay PNG per image into DIR")
     p.set_defaults(func=cmd_predict)
 
 
-def cmd_predict(args) -> int:
-    from boneage.inference.predictor import Predictor
+def _chronological_age(args, dicom, image: str) -> tuple[float | None, str | None]:
+    """(months, where it came from): --age, else --dob with --study-date or the DICOM StudyDate, else the DICOM."""
+    from boneage.sds import age_from_dates
 
-    sexes = parse_sexes(args.sex, len(args.images))
+    if args.age is not None:
+        return args.age, "--age"
+    if args.dob:
+        study = args.study_date or (dicom.study_date if dicom else None)
+        if study is None:
+            raise UserError(f"{image}: --dob needs --study-date (the date of the radiograph)")
+        return age_from_dates(args.dob, study), "--dob" + (" and --study-date" if args.study_date else " and DICOM")
+    if dicom is not None and dicom.age_months is not None:
+        return dicom.age_months, "DICOM"
+    return None, None
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from boneage.data.images import read_image
+    from boneage.inference.onnx import load_predictor
+    from boneage.sds import bone_age_sds, format_years_months, parse_date
+
+    n = len(args.images)
     for path in args.images:
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
-    predictor = Predictor.load(args.model)
-    for p in predictor.predict_files(args.images, sexes):
-        if args.json:
-            print(json.dumps({"image": p.image, "sex": p.sex, "bone_age_months": round(p.bone_age_months, 2),
-                              "bone_age_years": round(p.bone_age_months / 12, 2)}))
+    if args.heatmap and Path(args.heatmap).exists() and not Path(args.heatmap).is_dir():
+        raise UserError(f"--heatmap {args.heatmap}: exists and is not a folder")
+    if args.heatmap and args.runtime != "torch":
+        raise UserError("--heatmap needs --runtime torch (saliency takes gradients)")
+    if args.age is not None and args.dob:
+        raise UserError("--age and --dob: give one of them")
+    if args.study_date and not args.dob:
+        raise UserError("--study-date goes with --dob")
+    if args.age is not None and not 0 <= args.age < 1200:
+        raise UserError(f"--age: expected months between 0 and 1200, got {args.age:g}")
+    for value, flag in ((args.dob, "--dob"), (args.study_date, "--study-date")):
+        if value:
+            parse_date(value, flag)  # a malformed date fails before the model loads
+    sexes = parse_sexes(args.sex, n) if args.sex else [None] * n
+    predictor = load_predictor(args.model, args.runtime)
+
+    cases = []  # (image, male, sex source, chronological age, its source, warnings, prepared uint8)
+    for path, sex in zip(args.images, sexes):
+        if args.check:
+            from boneage.quality import read_checked
+
+            checked = read_checked(path)
+            gray, dicom, warnings = checked.gray, checked.dicom, checked.warnings
         else:
-            print(f"{p.image}: {p.bone_age_months:.1f} months ({years_months(p.bone_age_months)}), sex {p.sex}")
+            decoded = read_image(path)
+            gray, dicom, warnings = decoded.gray, decoded.dicom, []
+        male = sex if sex is not None else (dicom.male if dicom else None)
+        if male is None:
+            raise UserError(f"{path}: sex unknown: pass --sex M or F"
+                            + (" (the DICOM header has no PatientSex)" if dicom else ""))
+        age, age_source = _chronological_age(args, dicom, path)
+        cases.append((path, male, "--sex" if sex is not None else "DICOM", age, age_source, warnings,
+                      predictor.prepare(gray)))
+    ages: list[float] = []
+    for start in range(0, n, 16):
+        chunk = cases[start:start + 16]
+        ages += [float(a) for a in predictor.predict_batch(np.stack([c[6] for c in chunk]), [c[1] for c in chunk])]
+
+    used: set[str] = set()
+    for i, ((image, male, sex_source, age, age_source, warnings, _), months) in enumerate(zip(cases, ages)):
+        for w in warnings:
+            print(f"boneage: warning: {image}: {w}", file=sys.stderr)
+        heatmap = None
+        if args.heatmap:
+            from boneage.explain import heatmap_file  # grad-cam only when asked for: plain predict stays lean
+
+            stem = Path(image).stem
+            stem = f"{stem}-{i + 1}" if stem in used else stem  # a/x.png and b/x.png must not overwrite each other
+            used.add(stem)
+            heatmap = str(heatmap_file(predictor, image, male, Path(args.heatmap) / f"{stem}_saliency.png"))
+        sds = bone_age_sds(months, age, male) if age is not None else None
+        sex = "M" if male else "F"
+        if args.json:
+            record = {"image": image, "sex": sex, "sex_source": sex_source, "bone_age_months": round(months, 2),
+                      "bone_age_years": round(months / 12, 2), "bone_age": format_years_months(months),
+                      "runtime": args.runtime}
+            if sds is not None:
+                record |= {"age_source": age_source, "sds": sds.to_dict()}
+            record |= ({"warnings": warnings} if warnings else {}) | ({"heatmap": heatmap} if heatmap else {})
+            print(json.dumps(record))
+            continue
+        line = f"{image}: {months:.1f} months ({format_years_months(months)}), sex {sex}"
+        if sds is not None:
+            line += (f"; chronological age {age:.1f} months ({format_years_months(age)}), "
+                     f"difference {sds.difference_months:+.1f} months")
+            line += (f", SDS {sds.sds:+.2f} (simple {sds.sds_simple:+.2f})" if sds.sds is not None
+                     else f"; no SDS: {sds.note}")
+        print(line + (f"; heatmap {heatmap}" if heatmap else ""))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- explain
+def add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="activation maps and a saliency overlay for one radiograph (PNG figures)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--sex", required=True, help="M or F")
+    p.add_argument("--model", help="checkpoint or weights file (default: the shipped model)")
+    p.add_argument("--out", required=True, help="folder for the figures")
+    p.add_argument("--layers", help="comma list of layers for the activation figure (default: a spread, early to late)")
+    p.add_argument("--method", default="gradcam", help="saliency method: gradcam, hirescam or layercam")
+    p.add_argument("--saliency-layer", help="layer the saliency is computed on (default: the last convolutional block)")
+    p.add_argument("--json", action="store_true", help="print the prediction and the file paths as one JSON object")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args) -> int:
+    from boneage.explain import explain_file
+    from boneage.inference.predictor import Predictor
+
+    male = parse_sexes(args.sex, 1)[0]
+    if not Path(args.image).is_file():
+        raise UserError(f"{args.image}: no such file")
+    layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers is not None else None
+    if layers == []:
+        raise UserError("--layers: give at least one layer name")
+    result = explain_file(Predictor.load(args.model), args.image, male, args.out, layers, args.method,
+                          args.saliency_layer)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        months = result["bone_age_months"]
+        print(f"{result['image']}: {months:.1f} months ({years_months(months)}), sex {result['sex']}")
+        for name, path in result["files"].items():
+            print(f"  {name}: {path}")
     return 0
 
 
@@ -235,6 +364,28 @@ def cmd_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------- serve
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="the web service and page (FastAPI): POST /predict, GET /health, /docs")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", help="checkpoint, weights or .onnx file (default: the shipped model)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--max-upload-mb", type=float, default=64.0)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from boneage.serving.app import build
+
+    app = build(args.model, args.runtime, args.max_upload_mb)
+    print(f"boneage: serving on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------- other
 def add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered architectures")
@@ -245,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage", description=__doc__)
     parser.add_argument("--version", action="version", version=f"boneage {__import__('boneage').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_evaluate, add_predict, add_bench, add_pack, add_export, add_models):
+    for add in (add_train, add_evaluate, add_predict, add_explain, add_bench, add_pack, add_export, add_serve,
+                add_models):
         add(sub)
     return parser
 

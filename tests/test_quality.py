@@ -1,0 +1,238 @@
+"""Input checks: each input kind is read and passes; each refusal comes with its one-line reason.
+
+The radiograph stand-in is a drawn hand (dark film, soft tissue, brighter bones, a little noise); the real-data
+validation of the not-a-hand and inversion checks is in the `boneage.quality` docstring.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from boneage.data.images import read_image
+from boneage.errors import UserError
+from boneage.quality import check_image, image_features, inverted_score, read_checked
+
+
+def hand_phantom(height: int = 400, width: int = 320, seed: int = 0) -> np.ndarray:
+    """float32 (H, W) in [0, 1]: a dark film, a soft-tissue hand and forearm, brighter bones, a little noise."""
+    rng = np.random.default_rng(seed)
+    s = 4  # drawn at 4x, then shrunk: smooth edges
+    W, H = width * s, height * s
+    tissue, bone = Image.new("L", (W, H), 0), Image.new("L", (W, H), 0)
+    t, b = ImageDraw.Draw(tissue), ImageDraw.Draw(bone)
+    cx, palm = W * rng.uniform(0.46, 0.54), H * rng.uniform(0.55, 0.62)
+    t.rectangle((cx - 0.17 * W, palm, cx + 0.17 * W, H), fill=255)  # forearm
+    t.ellipse((cx - 0.24 * W, palm - 0.16 * H, cx + 0.24 * W, palm + 0.14 * H), fill=255)  # palm
+    for k, dx in enumerate((-0.17, -0.085, 0.0, 0.085)):  # four fingers with three phalanges and a metacarpal
+        x = cx + dx * W + 0.03 * W
+        top = palm - H * (0.42 if k in (1, 2) else 0.36) * rng.uniform(0.95, 1.05)
+        t.rounded_rectangle((x - 0.035 * W, top, x + 0.035 * W, palm), radius=int(0.03 * W), fill=255)
+        for j in range(3):
+            y0 = top + (palm - top) * j / 3 + 0.015 * H
+            b.rectangle((x - 0.016 * W, y0, x + 0.016 * W, y0 + (palm - top) / 3 - 0.03 * H), fill=255)
+        b.rectangle((x - 0.018 * W, palm + 0.01 * H, x + 0.015 * W, palm + 0.12 * H), fill=255)
+    t.polygon([(cx - 0.2 * W, palm + 0.05 * H), (cx - 0.36 * W, palm - 0.12 * H), (cx - 0.3 * W, palm - 0.16 * H),
+               (cx - 0.14 * W, palm - 0.02 * H)], fill=255)  # thumb
+    for dx in (-0.08, 0.06):  # radius and ulna
+        b.rectangle((cx + dx * W - 0.03 * W, palm + 0.18 * H, cx + dx * W + 0.03 * W, H), fill=255)
+
+    def shrink(img: Image.Image, blur: float) -> np.ndarray:
+        img = img.filter(ImageFilter.GaussianBlur(blur)).resize((width, height), Image.BILINEAR)
+        return np.asarray(img, np.float32) / 255
+
+    img = 0.06 + 0.03 * np.linspace(0, 1, height)[:, None] + 0.35 * shrink(tissue, 3 * s) + 0.4 * shrink(bone, 6)
+    return np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1).astype(np.float32)
+
+
+HAND = hand_phantom()
+HAND8 = np.round(HAND * 255).astype(np.uint8)
+HAND16 = np.round(HAND * 65535).astype(np.uint16)
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def dicom(array: np.ndarray, photometric: str = "MONOCHROME2", bits: int | None = None, **tags) -> bytes:
+    pydicom = pytest.importorskip("pydicom", reason="pydicom is not installed (pip install 'boneage[serve]')")
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.SOPClassUID, ds.Modality = DigitalXRayImageStorageForPresentation, "DX"
+    ds.set_pixel_data(array, photometric, bits or array.dtype.itemsize * 8)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def refusal(gray, **kw) -> str:
+    with pytest.raises(UserError) as err:
+        check_image(np.asarray(gray), "x.png", **kw)
+    message = str(err.value)
+    assert message.startswith("x.png: ") and "\n" not in message
+    return message.removeprefix("x.png: ")
+
+
+# ------------------------------------------------------------------------------------------ input kinds that pass
+def _tiff(array: np.ndarray, info: dict | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "TIFF", tiffinfo=info or {})
+    return buf.getvalue()
+
+
+def _jpeg_rgb(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("kind", "data", "top"), [
+    ("8-bit PNG", lambda: png(HAND8), 255),
+    ("16-bit PNG", lambda: png(HAND16), 65535),
+    ("16-bit TIFF", lambda: _tiff(HAND16), 65535),
+    ("16-bit TIFF, WhiteIsZero", lambda: _tiff(65535 - HAND16, {262: 0}), 65535),  # tag 262: photometric
+    ("gray radiograph saved as RGB JPEG", lambda: _jpeg_rgb(HAND8), 255),
+])
+def test_each_input_kind_reads_bone_bright_and_passes(kind, data, top):
+    checked = read_checked(data(), kind)
+    assert checked.warnings == [] and checked.dicom is None
+    assert checked.gray.shape == HAND.shape and checked.gray.max() <= top
+    assert np.corrcoef(checked.gray.ravel(), HAND.ravel())[0, 1] > 0.99  # the same picture, bone bright
+
+
+def test_dicom_monochrome1_passes_with_its_header():
+    stored = (4095 - np.round(HAND * 4095)).astype(np.uint16)  # MONOCHROME1: bone dark in the stored values
+    checked = read_checked(dicom(stored, "MONOCHROME1", 12, PatientSex="M"), "hand")
+    assert checked.warnings == [] and checked.dicom.male is True
+    assert np.corrcoef(checked.gray.ravel(), HAND.ravel())[0, 1] > 0.99
+
+
+def test_large_non_square_16bit_image_passes():
+    big = np.round(hand_phantom(2000, 1600, seed=3) * 65535).astype(np.uint16)
+    assert check_image(big.astype(np.float32), "big.png") == []
+
+
+def test_bit_depth_and_window_do_not_change_the_statistics_and_a_gamma_still_passes():
+    a = image_features(HAND8.astype(np.float32))
+    b = image_features(HAND16.astype(np.float32) * 3 + 1000)  # 16-bit, another linear window
+    for key in ("grad", "edge", "acf1", "acf8", "hf"):
+        assert a[key] == pytest.approx(b[key], rel=0.03, abs=0.005), key
+    for gamma in (0.6, 1.6):
+        assert check_image(HAND.astype(np.float64) ** gamma * 65535, f"gamma {gamma}") == []
+
+
+# --------------------------------------------------------------------------------------------------- refusals
+def test_not_an_image_flows_through(tmp_path):
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(UserError, match="notes.png: not an image Pillow can read"):
+        read_checked(tmp_path / "notes.png")
+
+
+def test_truncated_image_flows_through():
+    data = png(HAND8)
+    with pytest.raises(UserError, match="^cut.png: unreadable or truncated image"):
+        read_checked(data[: len(data) // 2], "cut.png")
+
+
+def test_absurdly_large_image_is_refused_from_its_header():
+    # a valid 1 x 1 PNG whose header claims 20,000 x 20,000: refused before any pixel is decoded
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b""))
+    with pytest.raises(UserError, match=r"^bomb.png: image too large"):
+        read_checked(data, "bomb.png")
+
+
+def test_empty_constant_and_non_finite():
+    assert refusal(np.zeros((0, 0))) == "empty image (shape (0, 0))"
+    assert refusal(np.full((300, 300), 7.0)) == "empty or constant image (every pixel is 7)"
+    nearly = np.zeros((300, 300))
+    nearly[0, :300] = 1  # 0.3% of the pixels
+    assert refusal(nearly) == "nearly constant image (99.7% of pixels are 0)"
+    nan = HAND.copy()
+    nan[5, 5] = np.nan
+    assert refusal(nan) == "pixel values that are not finite numbers (NaN or infinity)"
+
+
+def test_too_small_and_too_elongated():
+    assert refusal(HAND[:63, :200]) == "image too small (200 x 63 pixels; at least 64 a side)"
+    assert refusal(np.tile(HAND, (1, 4))[:100]) == "not a hand radiograph (aspect ratio 12.8:1, at most 4:1)"
+
+
+def test_colour_photograph():
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    rgb[..., 0] = np.linspace(40, 250, 200)[None, :]  # red to yellow, a sky of blue
+    rgb[..., 1] = np.linspace(0, 200, 200)[:, None]
+    rgb[:60, :, 2] = 220
+    decoded = read_image(png(rgb), "photo.png")
+    assert decoded.colour_fraction > 0.5
+    with pytest.raises(UserError, match=r"^photo.png: a colour picture \(\d+% of pixels clearly coloured\), not a"):
+        read_checked(png(rgb), "photo.png")
+
+
+def test_drawing_with_few_gray_levels():
+    drawing = (np.floor(HAND * 10) * 25).astype(np.float32)
+    assert refusal(drawing).startswith("only ") and "gray levels: a drawing or a binary image" in refusal(drawing)
+
+
+def test_dicom_of_another_modality_and_body_part():
+    with pytest.raises(UserError, match="^ct.dcm: DICOM Modality CT is not a radiograph$"):
+        read_checked(dicom(HAND16, Modality="CT"), "ct.dcm")
+    chest = dicom(HAND16, BodyPartExamined="CHEST")
+    assert read_checked(chest, "c.dcm").warnings == ["DICOM BodyPartExamined is CHEST, not a hand"]
+
+
+@pytest.mark.parametrize("kind", ["uniform noise", "gaussian noise", "gradient", "text"])
+def test_probably_not_a_hand_radiograph(kind):
+    rng = np.random.default_rng(1)
+    if kind == "uniform noise":
+        img = rng.uniform(0, 255, (300, 300))
+    elif kind == "gaussian noise":
+        img = rng.normal(128, 30, (300, 300))
+    elif kind == "gradient":
+        img = np.add.outer(np.arange(300.0), np.arange(240.0) * 0.5) + rng.normal(0, 1, (300, 240))
+    else:
+        page = Image.new("L", (400, 300), 255)
+        draw = ImageDraw.Draw(page)
+        for y in range(5, 290, 14):
+            draw.text((5, y), "the bone age of the patient is 42 months " * 2, fill=0)
+        img = np.asarray(page, np.float32)
+    assert refusal(img).startswith("probably not a hand radiograph (")
+
+
+def test_inverted_radiograph():
+    message = refusal(255.0 - HAND8)
+    assert message.startswith("probably inverted (background brighter than the hand, score ")
+    assert "so that bone is bright" in message
+    assert inverted_score(image_features(HAND8)) < 0 < inverted_score(image_features(255.0 - HAND8))
+
+
+def test_drawn_hands_pass_and_their_inverses_do_not():
+    for seed in range(4):
+        hand = np.round(hand_phantom(300, 240, seed) * 255)
+        assert check_image(hand, f"hand{seed}") == []
+        with pytest.raises(UserError, match="probably inverted"):
+            check_image(255 - hand, f"inverted{seed}")
+
+
+def test_cli_check_refuses_with_the_reason(tmp_path, capsys):
+    from boneage.cli import main
+
+    (tmp_path / "noise.png").write_bytes(png(np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8)))
+    assert main(["predict", str(tmp_path / "noise.png"), "--sex", "F"]) == 2  # checks are on by default
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("boneage: error: ") and "noise.png: probably not a hand radiograph" in err
+    assert len(err.splitlines()) == 1
