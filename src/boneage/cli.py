@@ -10,11 +10,6 @@ from pathlib import Path
 from boneage.errors import UserError
 
 
-def years_months(months: float) -> str:
-    total = int(round(months))
-    return f"{total // 12} y {total % 12} m"
-
-
 def parse_sexes(value: str, n: int) -> list[bool]:
     """`M` for every image, or `M,F,M` one per image."""
     from boneage.data.labels import parse_sex
@@ -273,6 +268,7 @@ def add_explain(sub) -> None:
 def cmd_explain(args) -> int:
     from boneage.explain import explain_file
     from boneage.inference.predictor import Predictor
+    from boneage.sds import format_years_months
 
     male = parse_sexes(args.sex, 1)[0]
     if not Path(args.image).is_file():
@@ -286,7 +282,7 @@ def cmd_explain(args) -> int:
         print(json.dumps(result))
     else:
         months = result["bone_age_months"]
-        print(f"{result['image']}: {months:.1f} months ({years_months(months)}), sex {result['sex']}")
+        print(f"{result['image']}: {months:.1f} months ({format_years_months(months)}), sex {result['sex']}")
         for name, path in result["files"].items():
             print(f"  {name}: {path}")
     return 0
