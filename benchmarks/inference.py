@@ -26,37 +26,16 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
+from boneage.data.synthetic import hand_phantom
 from boneage.inference.onnx import load_predictor
 from boneage.quality import read_checked
 
 
 def drawn_hand(height: int = 2000, width: int = 1600, seed: int = 0) -> bytes:
     """A 16-bit PNG of a drawn hand radiograph (dark film, soft tissue, bright bones, noise) that passes the checks."""
-    rng = np.random.default_rng(seed)
-    tissue, bone = Image.new("L", (width, height), 0), Image.new("L", (width, height), 0)
-    t, b = ImageDraw.Draw(tissue), ImageDraw.Draw(bone)
-    W, H, cx, palm = width, height, width * 0.5, height * 0.58
-    t.rectangle((cx - 0.17 * W, palm, cx + 0.17 * W, H), fill=255)
-    t.ellipse((cx - 0.24 * W, palm - 0.16 * H, cx + 0.24 * W, palm + 0.14 * H), fill=255)
-    for k, dx in enumerate((-0.17, -0.085, 0.0, 0.085)):
-        x, top = cx + (dx + 0.03) * W, palm - H * (0.42 if k in (1, 2) else 0.36)
-        t.rounded_rectangle((x - 0.035 * W, top, x + 0.035 * W, palm), radius=int(0.03 * W), fill=255)
-        for j in range(3):
-            y0 = top + (palm - top) * j / 3 + 0.015 * H
-            b.rectangle((x - 0.016 * W, y0, x + 0.016 * W, y0 + (palm - top) / 3 - 0.03 * H), fill=255)
-        b.rectangle((x - 0.018 * W, palm + 0.01 * H, x + 0.015 * W, palm + 0.12 * H), fill=255)
-    t.polygon([(cx - 0.2 * W, palm + 0.05 * H), (cx - 0.36 * W, palm - 0.12 * H), (cx - 0.3 * W, palm - 0.16 * H),
-               (cx - 0.14 * W, palm - 0.02 * H)], fill=255)
-    for dx in (-0.08, 0.06):
-        b.rectangle((cx + (dx - 0.03) * W, palm + 0.18 * H, cx + (dx + 0.03) * W, H), fill=255)
-
-    def soft(img: Image.Image, blur: float) -> np.ndarray:
-        return np.asarray(img.filter(ImageFilter.GaussianBlur(blur)), np.float32) / 255
-
-    img = 0.06 + 0.03 * np.linspace(0, 1, height)[:, None] + 0.35 * soft(tissue, 12) + 0.4 * soft(bone, 6)
-    img = np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)
+    img = hand_phantom(height, width, seed, supersample=1)  # already large: no need to draw it bigger
     buf = io.BytesIO()
     Image.fromarray(np.round(img * 65535).astype(np.uint16)).save(buf, "PNG")
     return buf.getvalue()

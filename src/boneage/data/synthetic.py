@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 MAX_AGE = 228.0  # months, the RSNA maximum
 
@@ -58,3 +58,38 @@ def make_dataset(folder: str | Path, n: int, size: int = 64, seed: int = 0,
         w.writerow(["id", "boneage", "male"])
         w.writerows(rows)
     return labels
+
+
+def hand_phantom(height: int = 400, width: int = 320, seed: int = 0, supersample: int = 4) -> np.ndarray:
+    """float32 (H, W) in [0, 1]: a dark film, a soft-tissue hand and forearm, brighter bones, a little noise.
+
+    Passes the quality checks as a real radiograph would; for tests and benchmarks of the input path (its age means
+    nothing). Drawn at `supersample` times the size, then shrunk, for smooth edges.
+    """
+    rng = np.random.default_rng(seed)
+    s = supersample
+    W, H = width * s, height * s
+    tissue, bone = Image.new("L", (W, H), 0), Image.new("L", (W, H), 0)
+    t, b = ImageDraw.Draw(tissue), ImageDraw.Draw(bone)
+    cx, palm = W * rng.uniform(0.46, 0.54), H * rng.uniform(0.55, 0.62)
+    t.rectangle((cx - 0.17 * W, palm, cx + 0.17 * W, H), fill=255)  # forearm
+    t.ellipse((cx - 0.24 * W, palm - 0.16 * H, cx + 0.24 * W, palm + 0.14 * H), fill=255)  # palm
+    for k, dx in enumerate((-0.17, -0.085, 0.0, 0.085)):  # four fingers with three phalanges and a metacarpal
+        x = cx + dx * W + 0.03 * W
+        top = palm - H * (0.42 if k in (1, 2) else 0.36) * rng.uniform(0.95, 1.05)
+        t.rounded_rectangle((x - 0.035 * W, top, x + 0.035 * W, palm), radius=int(0.03 * W), fill=255)
+        for j in range(3):
+            y0 = top + (palm - top) * j / 3 + 0.015 * H
+            b.rectangle((x - 0.016 * W, y0, x + 0.016 * W, y0 + (palm - top) / 3 - 0.03 * H), fill=255)
+        b.rectangle((x - 0.018 * W, palm + 0.01 * H, x + 0.015 * W, palm + 0.12 * H), fill=255)
+    t.polygon([(cx - 0.2 * W, palm + 0.05 * H), (cx - 0.36 * W, palm - 0.12 * H), (cx - 0.3 * W, palm - 0.16 * H),
+               (cx - 0.14 * W, palm - 0.02 * H)], fill=255)  # thumb
+    for dx in (-0.08, 0.06):  # radius and ulna
+        b.rectangle((cx + dx * W - 0.03 * W, palm + 0.18 * H, cx + dx * W + 0.03 * W, H), fill=255)
+
+    def shrink(img: Image.Image, blur: float) -> np.ndarray:
+        img = img.filter(ImageFilter.GaussianBlur(blur)).resize((width, height), Image.BILINEAR)
+        return np.asarray(img, np.float32) / 255
+
+    img = 0.06 + 0.03 * np.linspace(0, 1, height)[:, None] + 0.35 * shrink(tissue, 3 * s) + 0.4 * shrink(bone, 6)
+    return np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1).astype(np.float32)
