@@ -196,7 +196,7 @@ def cmd_predict(args) -> int:
     sexes = parse_sexes(args.sex, n) if args.sex else [None] * n
     predictor = load_predictor(args.model, args.runtime)
 
-    cases = []  # (image, male, sex source, chronological age, its source, warnings, prepared uint8)
+    cases = []  # (image, male, sex source, chronological age, its source, warnings, prepared uint8, gray)
     for path, sex in zip(args.images, sexes):
         if args.check:
             from boneage.quality import read_checked
@@ -212,14 +212,14 @@ def cmd_predict(args) -> int:
                             + (" (the DICOM header has no PatientSex)" if dicom else ""))
         age, age_source = _chronological_age(args, dicom, path)
         cases.append((path, male, "--sex" if sex is not None else "DICOM", age, age_source, warnings,
-                      predictor.prepare(gray)))
+                      predictor.prepare(gray), gray if args.heatmap else None))
     ages: list[float] = []
     for start in range(0, n, 16):
         chunk = cases[start:start + 16]
         ages += [float(a) for a in predictor.predict_batch(np.stack([c[6] for c in chunk]), [c[1] for c in chunk])]
 
     used: set[str] = set()
-    for i, ((image, male, sex_source, age, age_source, warnings, _), months) in enumerate(zip(cases, ages)):
+    for i, ((image, male, sex_source, age, age_source, warnings, _, gray), months) in enumerate(zip(cases, ages)):
         for w in warnings:
             print(f"boneage: warning: {image}: {w}", file=sys.stderr)
         heatmap = None
@@ -229,7 +229,8 @@ def cmd_predict(args) -> int:
             stem = Path(image).stem
             stem = f"{stem}-{i + 1}" if stem in used else stem  # a/x.png and b/x.png must not overwrite each other
             used.add(stem)
-            heatmap = str(heatmap_file(predictor, image, male, Path(args.heatmap) / f"{stem}_saliency.png"))
+            heatmap = str(heatmap_file(predictor, image, male, Path(args.heatmap) / f"{stem}_saliency.png",
+                                       gray=gray))  # decoded once, above
         sds = bone_age_sds(months, age, male) if age is not None else None
         sex = "M" if male else "F"
         if args.json:

@@ -110,17 +110,16 @@ class Reporter:
             out["chronological_age_months"] = round(age, 2)
             out["chronological_age_source"] = age_source
             out["sds"] = bone_age_sds(bone_age, age, male).to_dict()
+        small = _preview(checked.gray) if inputs.heatmap or inputs.preview else None
         if inputs.heatmap:
             from boneage.explain.figures import overlay_rgb
             from boneage.explain.saliency import saliency
 
             torch_predictor = self._torch_predictor()
-            with self._lock:
-                sal = saliency(torch_predictor.model, prepared, male, torch_predictor.preprocess, checked.gray.shape)
-            small = _preview(checked.gray)
-            heat = np.asarray(Image.fromarray(np.round(sal.map * 255).astype(np.uint8)).resize(small.shape[::-1]))
-            out["heatmap_png"] = _png_b64(overlay_rgb(small.astype(np.float32), heat / 255.0))
+            with self._lock:  # the map straight at the preview's size: never a full-resolution copy of a large film
+                sal = saliency(torch_predictor.model, prepared, male, torch_predictor.preprocess, small.shape)
+            out["heatmap_png"] = _png_b64(overlay_rgb(small.astype(np.float32), sal.map))
         if inputs.preview:
-            out["preview_png"] = _png_b64(_preview(checked.gray))
+            out["preview_png"] = _png_b64(small)
         out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return out
