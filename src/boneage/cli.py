@@ -38,8 +38,12 @@ def add_train(sub) -> None:
     g.add_argument("--cache-dir", help="where decoded image stores live (default ~/.cache/boneage)")
     g.add_argument("--image-size", type=int, help="input side in pixels (299)")
     g.add_argument("--intensity", choices=["equalize", "percentile", "none"])
+    g.add_argument("--crop", choices=["none", "hand"], help="cut each film to the hand before resizing")
+    g.add_argument("--val-ids", help="label CSV whose ids are the validation set (e.g. docs/reference-model/val.csv)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="trunk: inception_v3, resnet101, ... (see `boneage models`)")
+    g.add_argument("--init-from", help="checkpoint or weights file to start from (a warm restart), e.g. the shipped "
+                                       "model")
     g = p.add_argument_group("optimisation")
     g.add_argument("--config", help="JSON file of overrides (see recipes/)")
     g.add_argument("--epochs", type=int)
@@ -77,7 +81,7 @@ def cmd_train(args) -> int:
         settings = merge(settings, flat)
         if args.arch:
             settings["model"]["arch"] = args.arch
-        for key in ("image_size", "intensity"):
+        for key in ("image_size", "intensity", "crop"):
             if getattr(args, key) is not None:
                 settings["preprocess"][key] = getattr(args, key)
         cfg = train_config_from_dict(settings, args.config or "arguments")
@@ -105,6 +109,9 @@ def add_evaluate(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tta", default="flip", choices=["none", "flip", "flips"],
+                   help="test-time views averaged: none, flip (left-right), flips (all four mirror images)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1...")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -114,7 +121,7 @@ def cmd_evaluate(args) -> int:
     from boneage.inference.predictor import Predictor, default_model_path
 
     model = Path(args.model) if args.model else default_model_path()
-    predictor = Predictor.load(model)
+    predictor = Predictor.load(model, device=args.device, tta=args.tta)
     result = evaluate(predictor, args.images, args.labels, args.out, args.batch_size, args.workers,
                       log=lambda m: print(m, file=sys.stderr))
     if args.out and (model.parent / "metrics.csv").is_file():
@@ -128,6 +135,40 @@ def cmd_evaluate(args) -> int:
         print(format_report(result))
         for name, path in result.get("files", {}).items():
             print(f"  {name}: {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ precision
+def add_precision(sub) -> None:
+    p = sub.add_parser("precision", help="how far each answer moves when a film is re-saved, mirrored, rotated...")
+    p.add_argument("--model", help="checkpoint or weights file (default: the shipped model)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--labels", required=True, help="the films to use, e.g. docs/reference-model/val.csv")
+    p.add_argument("--limit", type=int, help="the first N films of --labels")
+    p.add_argument("--out", help="folder for precision.json, precision.md and deltas.csv")
+    p.add_argument("--json", action="store_true", help="print one JSON object (without the per-film deltas)")
+    p.add_argument("--tta", default="flip", choices=["none", "flip", "flips"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, help="preprocessing processes (default: the cores, at most 16)")
+    p.set_defaults(func=cmd_precision)
+
+
+def cmd_precision(args) -> int:
+    from boneage.evaluation.precision import format_table, measure, write_outputs
+    from boneage.inference.predictor import Predictor
+
+    predictor = Predictor.load(args.model, device=args.device, tta=args.tta)
+    result = measure(predictor, args.images, args.labels, args.limit, args.workers,
+                     log=lambda m: print(m, file=sys.stderr))
+    if args.out:
+        write_outputs(result, Path(args.out))
+    summary = {k: v for k, v in result.items() if k != "per_film"}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{result['n']} films, MAD of the originals {result['mad_original']:.2f} months, test-time views: "
+              f"{args.tta}\n{format_table(result)}\nworst SD single {result['worst_sd_single']:.2f} months, "
+              f"largest |Δ| {result['largest_abs']:.1f} months")
     return 0
 
 
@@ -301,6 +342,7 @@ def add_bench(sub) -> None:
     p.add_argument("--limit", type=int, default=1024, help="images decoded into the store (0: all)")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--profile", action="store_true", help="also list the kernels that take the step's time")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_bench)
 
@@ -312,7 +354,8 @@ def cmd_bench(args) -> int:
     cfg = TrainConfig(images=args.images, labels=args.labels, limit=args.limit or None, batch_size=args.batch_size,
                       preprocess=Preprocess(image_size=args.image_size), model=ModelConfig(arch=args.arch),
                       compile=args.compile, cache_dir=args.cache_dir)
-    print(json.dumps(bench(cfg, args.device, steps=args.steps, log=lambda m: print(m, file=sys.stderr))))
+    print(json.dumps(bench(cfg, args.device, steps=args.steps, profile=args.profile,
+                           log=lambda m: print(m, file=sys.stderr))))
     return 0
 
 
@@ -393,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage", description=__doc__)
     parser.add_argument("--version", action="version", version=f"boneage {__import__('boneage').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_evaluate, add_predict, add_explain, add_bench, add_pack, add_export, add_serve,
-                add_models):
+    for add in (add_train, add_evaluate, add_precision, add_predict, add_explain, add_bench, add_pack, add_export,
+                add_serve, add_models):
         add(sub)
     return parser
 

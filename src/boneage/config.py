@@ -23,16 +23,27 @@ class Preprocess:
     image_size: int = 299  # pixels a side; Inception v3's native input
     channels: int = 3  # the gray image repeated, so ImageNet-shaped trunks take it unchanged
     resize: str = "stretch"  # "stretch": squeeze to a square, as the RSNA copy was made; "pad": keep aspect, pad
+    # "hand": cut the film to the hand's bounding box before resizing, so margins, framing and the hand's position on
+    # the film stop mattering; "none": the whole film (the first reference model). See `boneage.data.crop`.
+    crop: str = "none"
     # Per-image intensity normalisation. "equalize" (histogram equalisation) maps any strictly increasing change of
     # gray levels (contrast, brightness, gamma, 16-bit windowing) to the same image; see benchmarks/intensity.py.
     intensity: str = "equalize"  # "equalize" | "percentile" | "none"
     percentiles: tuple[float, float] = (0.5, 99.5)  # for intensity="percentile"
+    # For intensity="equalize": 0 is plain equalisation. A limit c > 0 caps every gray level's share of the mapping at
+    # c times the uniform share (a global CLAHE): a flat background holding half the film then no longer spreads its
+    # compression noise over half the output range. See benchmarks/intensity.py.
+    clip_limit: float = 0.0
     mean: float = 0.5  # of the normalised [0, 1] image; an equalised image is uniform on [0, 1]
     std: float = 0.29  # 1/sqrt(12): the std of a uniform distribution on [0, 1]
 
     def __post_init__(self):
         if self.resize not in ("stretch", "pad"):
             raise UserError(f"preprocess: resize must be 'stretch' or 'pad', not {self.resize!r}")
+        if self.crop not in ("none", "hand"):
+            raise UserError(f"preprocess: crop must be 'none' or 'hand', not {self.crop!r}")
+        if self.clip_limit < 0 or 0 < self.clip_limit < 1:
+            raise UserError(f"preprocess: clip_limit must be 0 (off) or at least 1, not {self.clip_limit}")
         if self.intensity not in ("equalize", "percentile", "none"):
             raise UserError(f"preprocess: intensity must be equalize, percentile or none, not {self.intensity!r}")
         if self.channels not in (1, 3):
@@ -65,10 +76,16 @@ class TrainConfig:
     limit: int | None = None  # train on the first N rows after a seeded shuffle
     val_fraction: float = 0.2
     seed: int = 42
+    # A label CSV whose ids are the validation set (e.g. docs/reference-model/val.csv): every run, whatever its seed
+    # or limit, is then scored on the same films and never trains on them. None: a seeded split of val_fraction.
+    val_ids: str | None = None
     cache_dir: str | None = None  # where decoded image stores live; default ~/.cache/boneage
     preprocess: Preprocess = field(default_factory=Preprocess)
     # model
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Weights to start from (a checkpoint or weights file of the same architecture): a warm restart of the schedule
+    # that builds on the best model so far instead of starting over. None: from scratch, as the poster.
+    init_from: str | None = None
     # optimisation
     epochs: int = 200
     batch_size: int = 16
@@ -88,6 +105,9 @@ class TrainConfig:
     contrast: float = 0.3  # contrast factor drawn from [1 - c, 1 + c]
     brightness: float = 0.1  # additive shift in [-b, b] on the [0, 1] image
     gamma: float = 0.3  # gamma drawn log-uniformly from [1/(1+g), 1+g]
+    # Age-balanced sampling (the poster's "balanced splits"): draw each film with weight n(its year of age) ** -balance.
+    # 0 samples uniformly (the poster); 0.5 halves the log-ratio between common and rare ages (the youngest children).
+    balance: float = 0.0
     rotate_deg: float = 0.0  # affine augmentation, off in the poster's recipe
     scale: float = 0.0
     translate: float = 0.0
@@ -118,6 +138,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: {name} must be at least 1")
+        if not 0 <= self.balance <= 1:
+            raise UserError(f"config: balance must be between 0 and 1, not {self.balance}")
 
 
 def to_dict(obj) -> dict[str, Any]:

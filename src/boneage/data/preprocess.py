@@ -1,6 +1,7 @@
 """One copy of the preprocessing, used by training, evaluation, explanation and serving alike.
 
-file -> float gray (any size, any bit depth) -> resize to `image_size` -> per-image intensity normalisation -> uint8.
+file -> float gray (any size, any bit depth) -> [cut to the hand] -> resize to `image_size` -> per-image intensity
+normalisation -> uint8.
 The uint8 square is what the decode-once store holds; `to_model_input` turns a batch of them into the network's input.
 """
 
@@ -11,6 +12,8 @@ import torch
 from PIL import Image
 
 from boneage.config import Preprocess
+from boneage.data.crop import hand_box
+from boneage.data.intensity import equalize, equalize_clipped
 
 
 def resize(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
@@ -30,24 +33,10 @@ def resize(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
     return out
 
 
-def equalize(gray: np.ndarray) -> np.ndarray:
-    """Histogram equalisation of a float image to [0, 1]: each pixel becomes the fraction of pixels at or below it.
-
-    It depends only on the order of gray levels, so contrast, brightness, gamma or a different bit depth (any strictly
-    increasing change) gives the same output.
-    """
-    values, inverse, counts = np.unique(gray.ravel(), return_inverse=True, return_counts=True)
-    cdf = np.cumsum(counts, dtype=np.float64)
-    if len(values) == 1:
-        return np.zeros_like(gray, dtype=np.float32)
-    cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0])  # the darkest level maps to 0, the brightest to 1
-    return cdf[inverse].reshape(gray.shape).astype(np.float32)
-
-
 def normalise_intensity(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
     """Float gray -> [0, 1] by the configured method."""
     if pp.intensity == "equalize":
-        return equalize(gray)
+        return equalize_clipped(gray, pp.clip_limit) if pp.clip_limit else equalize(gray)
     if pp.intensity == "percentile":
         lo, hi = np.percentile(gray, pp.percentiles)
     else:  # "none": the file's own scale, 8- or 16-bit
@@ -57,9 +46,17 @@ def normalise_intensity(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
     return np.clip((gray - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def model_region(gray: np.ndarray, pp: Preprocess) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the part of the film the model sees: the hand's box, or the whole film."""
+    if pp.crop == "hand":
+        return hand_box(gray)
+    return 0, gray.shape[0], 0, gray.shape[1]
+
+
 def preprocess_gray(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
     """Float gray of any size -> uint8 (S, S): what the store holds and the model sees (after `to_model_input`)."""
-    unit = normalise_intensity(resize(gray, pp), pp)
+    top, bottom, left, right = model_region(gray, pp)
+    unit = normalise_intensity(resize(gray[top:bottom, left:right], pp), pp)
     return np.round(unit * 255.0).astype(np.uint8)
 
 

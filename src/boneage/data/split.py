@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 from boneage.data.labels import Record, read_labels, write_labels
+from boneage.errors import UserError
 
 
 def shuffle_and_limit(records: list[Record], seed: int, limit: int | None) -> list[Record]:
@@ -20,6 +21,17 @@ def split(records: list[Record], val_fraction: float, seed: int) -> tuple[list[R
     shuffled = shuffle_and_limit(records, seed + 1, None)
     n_val = min(max(1, round(len(shuffled) * val_fraction)), len(shuffled) - 1)
     return shuffled[n_val:], shuffled[:n_val]
+
+
+def split_by_ids(records: list[Record], val_labels: str | Path) -> tuple[list[Record], list[Record]]:
+    """The validation set named by a saved label CSV (its ids); the training set is every other record."""
+    ids = {r.id for r in read_labels(val_labels, ".", require_image=False).records}
+    val = [r for r in records if r.id in ids]
+    train = [r for r in records if r.id not in ids]
+    if not val or not train:
+        raise UserError(f"{val_labels}: its {len(ids)} ids leave {len(train)} training and {len(val)} validation "
+                        "images here")
+    return train, val
 
 
 def save_split(train: list[Record], val: list[Record], run_dir: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from boneage.config import Preprocess, TrainConfig, to_dict, train_config_from_dict
 from boneage.data.preprocess import preprocess_gray, to_model_input
 from boneage.errors import UserError
+from boneage.inference import tta as tta_views
 from boneage.inference.predictor import Predictor, default_model_path, load_model
 
 OPSET = 17
@@ -93,8 +94,9 @@ def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPS
 class OnnxPredictor:
     """ONNX Runtime behind `Predictor`'s surface: `prepare`, `predict_batch`, `predict_files`, `preprocess`, `cfg`."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, tta: str = tta_views.DEFAULT):
         ort = _need("onnxruntime")
+        self.tta = tta_views.check(tta)
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such ONNX file")
@@ -112,8 +114,8 @@ class OnnxPredictor:
         self.card: dict = json.loads(meta.get(META_CARD, "{}"))
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None) -> OnnxPredictor:
-        return cls(path, threads)
+    def load(cls, path: str | Path, threads: int | None = None, tta: str = tta_views.DEFAULT) -> OnnxPredictor:
+        return cls(path, threads, tta)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -129,10 +131,13 @@ class OnnxPredictor:
                  INPUTS[1]: np.ascontiguousarray(male, dtype=np.float32)}
         return self.session.run([OUTPUT], feeds)[0]
 
+    def predict_views(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
+        """uint8 (B, S, S) prepared images and (B,) male flags -> (V, B) months, one row per test-time view."""
+        return tta_views.predict_views(lambda x, m: self.run(x.numpy(), m), images, male, self.preprocess, self.tta)
+
     def predict_batch(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
-        """uint8 (B, S, S) prepared images and (B,) male flags -> (B,) bone age in months."""
-        x = torch.as_tensor(np.asarray(images)).unsqueeze(1)
-        return self.run(to_model_input(x, self.preprocess).numpy(), np.asarray(male, dtype=np.float32))
+        """uint8 (B, S, S) prepared images and (B,) male flags -> (B,) bone age in months (the mean over views)."""
+        return self.predict_views(images, male).mean(axis=0)
 
     predict_files = Predictor.predict_files  # the same loop: it only calls self.prepare and self.predict_batch
 

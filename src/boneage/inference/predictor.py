@@ -14,8 +14,9 @@ import torch
 
 from boneage.config import Preprocess, TrainConfig, train_config_from_dict
 from boneage.data.images import load_image
-from boneage.data.preprocess import preprocess_gray, to_model_input
+from boneage.data.preprocess import preprocess_gray
 from boneage.errors import UserError
+from boneage.inference import tta as tta_views
 from boneage.inference.weights import FORMAT, unpack_state_dict
 from boneage.models import BoneAgeNet, create_model
 
@@ -76,13 +77,15 @@ class Prediction:
 class Predictor:
     """`Predictor.load(path).predict_files([...], [True, ...])`; inputs are preprocessed exactly as in training."""
 
-    def __init__(self, model: BoneAgeNet, cfg: TrainConfig, card: dict | None = None, device: str = "cpu"):
+    def __init__(self, model: BoneAgeNet, cfg: TrainConfig, card: dict | None = None, device: str = "cpu",
+                 tta: str = tta_views.DEFAULT):
         self.model = model.to(device).eval()
         self.cfg, self.card, self.device = cfg, card or {}, torch.device(device)
+        self.tta = tta_views.check(tta)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> Predictor:
-        return cls(*load_model(path), device=device)
+    def load(cls, path: str | Path | None = None, device: str = "cpu", tta: str = tta_views.DEFAULT) -> Predictor:
+        return cls(*load_model(path), device=device, tta=tta)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -93,11 +96,20 @@ class Predictor:
         return preprocess_gray(gray, self.preprocess)
 
     @torch.inference_mode()
+    def run(self, x: torch.Tensor, male: np.ndarray) -> np.ndarray:
+        """The network alone: standardised float (B, C, S, S) and (B,) male flags -> (B,) months."""
+        sex = torch.as_tensor(male, device=self.device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            return self.model(x.to(self.device), sex).float().cpu().numpy()
+
+    def predict_views(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
+        """uint8 (B, S, S) prepared images and (B,) male flags -> (V, B) months, one row per test-time view."""
+        return tta_views.predict_views(self.run, images, male, self.preprocess, self.tta)
+
     def predict_batch(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
-        """uint8 (B, S, S) prepared images and (B,) male flags -> (B,) bone age in months."""
-        x = torch.as_tensor(np.asarray(images)).unsqueeze(1).to(self.device)
-        sex = torch.as_tensor(np.asarray(male, dtype=np.float32), device=self.device)
-        return self.model(to_model_input(x, self.preprocess), sex).float().cpu().numpy()
+        """uint8 (B, S, S) prepared images and (B,) male flags -> (B,) bone age in months (the mean over views)."""
+        return self.predict_views(images, male).mean(axis=0)
 
     def predict_files(self, paths: list[str | Path], male: list[bool], batch_size: int = 16) -> list[Prediction]:
         out: list[Prediction] = []

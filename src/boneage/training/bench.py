@@ -21,7 +21,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: int = 2, log=print) -> dict:
+def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: int = 2, profile: bool = False,
+          log=print) -> dict:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     torch.set_float32_matmul_precision("high")
@@ -48,7 +49,7 @@ def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: i
 
     # 2 and 3. training steps: fed by the loader, and on one batch already on the device
     module = BoneAgeModule(to_dict(cfg)).to(dev).train()
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.effective_lr)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.effective_lr, fused=dev.type == "cuda")
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
     def step(images, male, age) -> None:
@@ -75,6 +76,15 @@ def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: i
         t_train += t1 - t0
         t_compute += time.perf_counter() - t1
     imgs = steps * cfg.batch_size
+    flops = train_flops_per_image(module, cfg, dev)
+    peak = bf16_peak_flops(dev)
+    tflops = flops * imgs / t_compute / 1e12
+    top = None
+    if profile:
+        try:
+            top = profile_step(step, fixed, dev)
+        except Exception as exc:  # the profiler's API moves between releases; the rates above still stand
+            top = [{"error": f"{type(exc).__name__}: {exc}"[:200]}]
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "arch": cfg.model.arch, "image_size": cfg.preprocess.image_size, "batch_size": cfg.batch_size,
@@ -84,4 +94,50 @@ def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: i
         "compute_images_per_s": round(imgs / t_compute, 2),
         "train_over_compute": round(t_compute / t_train, 3),
         "steps": steps,
+        "gflop_per_train_image": round(flops / 1e9, 2),
+        "achieved_tflops": round(tflops, 2),
+        "bf16_peak_share": round(tflops * 1e12 / peak, 4) if peak else None,
+        **({"profile_top_kernels": top} if top is not None else {}),
     }
+
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s), by a name fragment of the device.
+BF16_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
+
+
+def bf16_peak_flops(dev: torch.device) -> float | None:
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    return next((v for k, v in BF16_PEAKS.items() if k in name), None)
+
+
+def train_flops_per_image(module: torch.nn.Module, cfg: TrainConfig, dev: torch.device) -> float:
+    """Forward + backward FLOPs of one training image, counted by PyTorch's FlopCounterMode on a batch of two."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = cfg.preprocess.image_size
+    x = torch.zeros(2, cfg.preprocess.channels, size, size, device=dev)
+    male = torch.zeros(2, device=dev)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        module(x, male).sum().backward()
+    module.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def profile_step(step, batch, dev: torch.device, steps: int = 3, top: int = 15) -> list[dict]:
+    """The kernels that take the device's time over a few training steps: name, share of device time, calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(*batch)
+        _sync(dev)
+    events = [e for e in prof.key_averages() if e.device_type.name == ("CUDA" if dev.type == "cuda" else "CPU")]
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [{"name": e.key[:100], "share": round(getattr(e, key) / total, 4), "calls": e.count,
+             "ms_per_step": round(getattr(e, key) / 1e3 / steps, 3)} for e in events[:top]]

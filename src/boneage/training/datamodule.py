@@ -10,11 +10,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from boneage.config import TrainConfig
 from boneage.data.labels import Record, read_labels
-from boneage.data.split import save_split, shuffle_and_limit, split
+from boneage.data.split import save_split, shuffle_and_limit, split, split_by_ids
 from boneage.data.store import open_store
 
 
@@ -41,6 +49,13 @@ class EpochBatchSampler(BatchSampler):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+
+def age_balance_weights(age_months: torch.Tensor, power: float) -> torch.Tensor:
+    """Sampling weight per film: (films in its year of age) ** -power, so rare ages are seen more often."""
+    years = (age_months.detach().cpu() / 12).long().clamp(0, 19)
+    counts = torch.bincount(years, minlength=20).float()
+    return counts[years] ** -power
 
 
 def _tensors(records: list[Record], store) -> TensorBatches:
@@ -72,7 +87,7 @@ class BoneAgeData(L.LightningDataModule):
             self._print(f"{len(store.failed)} images could not be decoded and are skipped; first: "
                      f"{next(iter(store.failed.values()))}")
             records = [r for r in records if r.id not in store.failed]
-        train, val = split(records, cfg.val_fraction, cfg.seed)
+        train, val = split_by_ids(records, cfg.val_ids) if cfg.val_ids else split(records, cfg.val_fraction, cfg.seed)
         if save:
             save_split(train, val, Path(cfg.out))
         self.train_set, self.val_set = _tensors(train, store), _tensors(val, store)
@@ -101,6 +116,8 @@ class BoneAgeData(L.LightningDataModule):
         distributed = self.trainer is not None and self.trainer.world_size > 1
         if distributed:
             sampler = DistributedSampler(data, shuffle=train, seed=self.cfg.seed, drop_last=train)
+        elif train and self.cfg.balance:
+            sampler = WeightedRandomSampler(age_balance_weights(data.age, self.cfg.balance), len(data))
         else:
             sampler = RandomSampler(data) if train else SequentialSampler(data)
         batch_size = self.cfg.batch_size if train else self.cfg.batch_size * 2

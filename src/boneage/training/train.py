@@ -47,7 +47,10 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
 
     data = BoneAgeData(cfg, log=log)
     train, val = data.prepare()
-    if not resume:
+    init = _initial_weights(cfg) if cfg.init_from and not resume else None
+    if init is not None:  # a warm restart keeps the label scale its head was trained with
+        cfg.model = type(cfg.model)(**{**to_dict(cfg.model), "age_mean": init[1].age_mean, "age_std": init[1].age_std})
+    elif not resume:
         mean, std = data.age_stats
         cfg.model = type(cfg.model)(**{**to_dict(cfg.model), "age_mean": round(mean, 2), "age_std": round(std, 2)})
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
@@ -55,6 +58,9 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         f"lr {cfg.effective_lr:.3g}, batch {cfg.batch_size}, {cfg.epochs} epochs")
 
     module = BoneAgeModule(to_dict(cfg))
+    if init is not None:
+        module.model.load_state_dict(init[0])
+        log(f"starting from the weights of {cfg.init_from}")
     interactive = sys.stderr.isatty()  # a progress bar for people; one line per epoch for logs
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_mad", mode="min", save_top_k=1,
                            save_weights_only=True, enable_version_counter=False, auto_insert_metric_name=False)
@@ -87,6 +93,21 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         if best.best_model_score is not None:
             log(f"best validation MAD {float(best.best_model_score):.2f} months -> {out / 'best.ckpt'}")
     return out / "best.ckpt"
+
+
+def _initial_weights(cfg: TrainConfig):
+    """(state dict, its ModelConfig) of `cfg.init_from`, which must be the same network as `cfg.model`."""
+    from boneage.inference.predictor import load_model
+
+    model, init_cfg, _ = load_model(cfg.init_from)
+    if init_cfg.model.arch != cfg.model.arch or tuple(init_cfg.model.hidden) != tuple(cfg.model.hidden) \
+            or init_cfg.model.sex_units != cfg.model.sex_units:
+        raise UserError(f"{cfg.init_from}: a {init_cfg.model.arch} {init_cfg.model.hidden}; this run trains a "
+                        f"{cfg.model.arch} {cfg.model.hidden}: --init-from needs the same network")
+    if init_cfg.preprocess.channels != cfg.preprocess.channels:
+        raise UserError(f"{cfg.init_from}: takes {init_cfg.preprocess.channels}-channel input, this run "
+                        f"{cfg.preprocess.channels}")
+    return model.state_dict(), init_cfg.model
 
 
 def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig:
