@@ -24,10 +24,12 @@ MARGIN = 0.05  # of the box's own size, added on each side: the edges of the fin
 THRESHOLD = 0.35  # between the background (0) and Otsu's split (1): low enough that soft tissue joins the fingers
 EDGE = 0.06  # gradient magnitude (of the 1st-99th percentile range, per pixel of the small copy) that counts as an edge
 KEEP = 0.15  # regions at least this share of the largest belong to the hand too (fingers cut off by a thin joint)
-MIN_BOX = 0.2  # of the film: a smaller box is more likely a side marker on a dark film than a hand; keep the film
+MIN_BOX = 0.02  # of the film: a smaller box is a side marker or a label, not a hand; keep the film
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
+    if values.size == 0 or float(values.max() - values.min()) < 1e-4:  # too few distinct levels to split
+        return float(values.mean()) if values.size else 1.0
     hist, edges = np.histogram(values, bins=bins)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
