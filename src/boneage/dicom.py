@@ -53,6 +53,7 @@ class DicomImage:
     frames: int = 1
     voi: str = "none"  # what set the gray levels: "VOI LUT", "window C/W" or "none"
     colour_fraction: float | None = None  # for RGB/YBR files: share of clearly coloured pixels (see images.py)
+    cross_sectional: str | None = None  # the header fact that marks a CT/MR-like slice, e.g. "ImageType AXIAL"
     notes: list[str] = field(default_factory=list)  # e.g. "first of 3 frames"
 
     def header(self) -> dict:
@@ -89,6 +90,20 @@ def _parse_da(value) -> date | None:
             return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
         except ValueError:
             return None
+    return None
+
+
+def _cross_sectional(ds) -> str | None:
+    """The header fact that marks a slice of a volume (CT, MR, PET...), not a projection radiograph; None if none.
+
+    Anonymisation often drops Modality but keeps the image-plane tags, which projection (CR/DX) IODs do not have."""
+    image_type = ds.get("ImageType")
+    kinds = [image_type] if isinstance(image_type, str) else list(image_type or [])
+    if "AXIAL" in (str(k).strip().upper() for k in kinds):
+        return "ImageType AXIAL"
+    for key in ("ImageOrientationPatient", "SliceLocation", "SliceThickness"):
+        if ds.get(key) not in (None, "", []):
+            return key
     return None
 
 
@@ -227,4 +242,4 @@ def read_dicom(source: bytes | str | Path, name: str | None = None) -> DicomImag
         modality=(str(ds.get("Modality", "")).strip().upper() or None),
         body_part=(str(ds.get("BodyPartExamined", "")).strip().upper() or None),
         bits_stored=int(bits) if bits is not None else None, frames=frames, voi=voi, colour_fraction=colour,
-        notes=notes)
+        cross_sectional=_cross_sectional(ds), notes=notes)
