@@ -1,6 +1,7 @@
 """Bad input gets one line naming the file and the problem, a non-zero exit, and no traceback."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -104,3 +105,19 @@ def test_predict_path_does_not_import_lightning():
 
     code = "import sys, boneage.cli, boneage.inference.predictor; print('lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def _copy_of_run(trained, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(trained, tmp_path / "copy", ignore=shutil.ignore_patterns(".lock")))
+
+
+def test_resume_trains_in_the_folder_given_not_the_one_its_config_names(trained, tmp_path):
+    run = _copy_of_run(trained, tmp_path)
+    original = {name: (trained / name).read_bytes() for name in ("last.ckpt", "best.ckpt", "metrics.csv")}
+    result = cli("train", "--resume", "--out", run, "--epochs", "15")
+    assert result.returncode == 0, result.stderr
+    assert {name: (trained / name).read_bytes() for name in original} == original
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 15
+    assert json.loads((run / "config.json").read_text())["out"] == str(run)

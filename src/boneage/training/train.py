@@ -95,6 +95,7 @@ def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig
     if not path.is_file():
         raise UserError(f"{path}: no saved config to resume from")
     cfg = train_config_from_dict(json.loads(path.read_text()), str(path))
+    cfg.out = str(out)  # the folder given, not the one saved: a copied run must not train its original
     if epochs:
         cfg.epochs = epochs
     return cfg
