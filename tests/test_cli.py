@@ -107,10 +107,37 @@ def test_predict_path_does_not_import_lightning():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("args", [["--lr", "-1"], ["--lr", "nan"], ["--epochs", "-3"], ["--batch-size", "0"],
+                                  ["--workers", "-1"], ["--max-minutes", "-5"], ["--checkpoint-every", "0"],
+                                  ["--limit", "0"], ["--warmup-epochs", "-1"], ["--devices", "two"]],
+                         ids=lambda a: " ".join(a))
+def test_train_nonsense_numbers_are_one_line(tmp_path, synthetic, args):
+    images, labels = synthetic
+    small = ["--arch", "tiny_cnn", "--image-size", "32", "--epochs", "1", "--limit", "40", "--cache-dir",
+             tmp_path / "c"]  # should a check fail, a short training, not the default 200 epochs
+    result = cli("train", "--images", images, "--labels", labels, "--out", tmp_path / "r", *small, *args)
+    _assert_one_line_error(result, args[0].lstrip("-").replace("-", "_").replace("workers", "num_workers"))
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
 def _copy_of_run(trained, tmp_path):
     import shutil
 
     return Path(shutil.copytree(trained, tmp_path / "copy", ignore=shutil.ignore_patterns(".lock")))
+
+
+@pytest.mark.parametrize("size", ["empty", "half"])
+def test_resume_from_a_truncated_or_empty_last_ckpt_is_one_line(trained, tmp_path, size):
+    run = _copy_of_run(trained, tmp_path)
+    data = (run / "last.ckpt").read_bytes()
+    (run / "last.ckpt").write_bytes(b"" if size == "empty" else data[: len(data) // 2])
+    _assert_one_line_error(cli("train", "--resume", "--out", run, "--epochs", "15"), "last.ckpt", "cannot resume")
+
+
+@pytest.mark.parametrize("epochs", ["0", "-1"])
+def test_resume_with_nonsense_epochs_is_one_line(trained, tmp_path, epochs):
+    run = _copy_of_run(trained, tmp_path)
+    _assert_one_line_error(cli("train", "--resume", "--out", run, "--epochs", epochs), "epochs")
 
 
 def test_resume_trains_in_the_folder_given_not_the_one_its_config_names(trained, tmp_path):

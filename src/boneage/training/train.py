@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,18 @@ def resolve_precision(cfg: TrainConfig) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def _check_resumable(last: Path) -> None:
+    """torch.save writes a zip: an empty or cut-short last.ckpt (full disk, interrupted copy) fails here, in one line,
+    instead of deep inside Trainer.fit."""
+    try:
+        with zipfile.ZipFile(last) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise UserError(f"{last}: empty or truncated checkpoint, cannot resume from it ({exc})") from None
+    if damaged is not None:
+        raise UserError(f"{last}: damaged checkpoint ({damaged} fails its checksum), cannot resume from it")
+
+
 def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     """Train; returns the path of best.ckpt."""
     out = Path(cfg.out)
@@ -38,6 +51,7 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     if resume:
         if not last.is_file():
             raise UserError(f"{last}: nothing to resume (no last.ckpt in {out})")
+        _check_resumable(last)
     elif (out / "metrics.csv").exists():
         raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
     cfg.validate()
@@ -96,6 +110,6 @@ def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig
         raise UserError(f"{path}: no saved config to resume from")
     cfg = train_config_from_dict(json.loads(path.read_text()), str(path))
     cfg.out = str(out)  # the folder given, not the one saved: a copied run must not train its original
-    if epochs:
+    if epochs is not None:
         cfg.epochs = epochs
     return cfg
