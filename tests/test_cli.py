@@ -140,6 +140,26 @@ def test_resume_with_nonsense_epochs_is_one_line(trained, tmp_path, epochs):
     _assert_one_line_error(cli("train", "--resume", "--out", run, "--epochs", epochs), "epochs")
 
 
+def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path, synthetic):
+    import fcntl
+
+    images, labels = synthetic
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{}\n")
+    with open(run / ".lock", "a") as held:  # as a training running in another process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _assert_one_line_error(cli("train", "--images", images, "--labels", labels, "--out", run, "--arch",
+                                   "tiny_cnn", "--image-size", "32", "--epochs", "1", "--limit", "40", "--cache-dir",
+                                   tmp_path / "c"), "another training is running")
+        _assert_one_line_error(cli("train", "--resume", "--out", run), "another training is running")
+    assert (run / "config.json").read_text() == "{}\n" and sorted(p.name for p in run.iterdir()) == [".lock",
+                                                                                                    "config.json"]
+    _assert_one_line_error(cli("train", "--resume", "--out", run), "nothing to resume")
+    with open(run / ".lock", "a") as again:  # the run refused inside the lock let go of it
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_resume_trains_in_the_folder_given_not_the_one_its_config_names(trained, tmp_path):
     run = _copy_of_run(trained, tmp_path)
     original = {name: (trained / name).read_bytes() for name in ("last.ckpt", "best.ckpt", "metrics.csv")}

@@ -6,6 +6,8 @@ metrics.csv (one row per epoch), best.ckpt (lowest validation MAD), last.ckpt (f
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +34,30 @@ def resolve_precision(cfg: TrainConfig) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def _is_extra_process() -> bool:
+    """True in the processes a multi-GPU or multi-node run launches besides the first: they share its lock."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@contextlib.contextmanager
+def _run_dir_lock(out: Path, create: bool):
+    """Hold RUN_DIR/.lock (flock) while training: two runs into one folder would interleave metrics.csv and leave
+    the config of one next to the checkpoints of the other. The kernel drops the lock if the process dies."""
+    if _is_extra_process() or (not create and not out.is_dir()):
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another training is running in this folder (it holds {out / '.lock'}); "
+                            "wait for it to end or choose another --out") from None
+        except OSError:  # a file system without locks (some network mounts): train unguarded, as before
+            pass
+        yield
+
+
 def _check_resumable(last: Path) -> None:
     """torch.save writes a zip: an empty or cut-short last.ckpt (full disk, interrupted copy) fails here, in one line,
     instead of deep inside Trainer.fit."""
@@ -45,7 +71,13 @@ def _check_resumable(last: Path) -> None:
 
 
 def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
-    """Train; returns the path of best.ckpt."""
+    """Train; returns the path of best.ckpt. Refused while another training holds the same run folder."""
+    cfg.validate()  # before the run folder is made: a refused setting leaves nothing behind
+    with _run_dir_lock(Path(cfg.out), create=not resume):
+        return _train(cfg, resume, log)
+
+
+def _train(cfg: TrainConfig, resume: bool, log) -> Path:
     out = Path(cfg.out)
     last = out / "last.ckpt"
     if resume:
