@@ -118,6 +118,48 @@ def test_upload_limit_is_a_413(client):
     assert r.status_code == 413 and "too large" in r.json()["detail"]
 
 
+
+def _post_chunked(app, chunks) -> tuple[int, dict, int]:
+    """POST /predict to the ASGI app as a chunked upload, no Content-Length: (status, answer, body chunks it read)."""
+    import asyncio
+    import json
+
+    read, chunks, sent = 0, iter(chunks), []
+
+    async def receive():
+        nonlocal read
+        chunk = next(chunks, None)
+        read += chunk is not None
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"host", b"testserver"), (b"transfer-encoding", b"chunked"),
+               (b"content-type", b"multipart/form-data; boundary=BOUNDARY")]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body), read
+
+
+def test_a_chunked_upload_is_cut_at_the_limit_not_spooled_whole(app):
+    def body():
+        yield (b'--BOUNDARY\r\nContent-Disposition: form-data; name="sex"\r\n\r\nM\r\n--BOUNDARY\r\n'
+               b'Content-Disposition: form-data; name="file"; filename="big.png"\r\n'
+               b"Content-Type: application/octet-stream\r\n\r\n")
+        megabyte = b"\0" * (1 << 20)
+        for _ in range(100):  # 100 MB offered to a service whose limit is 2 MB
+            yield megabyte
+        yield b"\r\n--BOUNDARY--\r\n"
+
+    status, answer, read = _post_chunked(app, body())
+    assert status == 413 and "too large" in answer["detail"]
+    assert read <= 4  # the header chunk and the megabytes up to the limit: the rest never left the client
+
+
 def test_out_of_range_age_is_a_422_and_age_outside_the_table_is_flagged(client):
     assert _post(client, EXAMPLE.read_bytes(), sex="M", chronological_age_months=-3).status_code == 422
     d = _post(client, EXAMPLE.read_bytes(), sex="F", chronological_age_months=200).json()

@@ -1,7 +1,8 @@
 """The FastAPI application: GET /health, POST /predict, the web page at /, OpenAPI at /docs.
 
 Bad input is a 4xx with a one-line `detail`; anything unexpected is a 500 for that request only: the server goes on.
-Uploads are held in memory (or Starlette's spool in the system temp dir) and never written anywhere else.
+Uploads are held in memory (or Starlette's spool in the system temp dir) and never written anywhere else; a body over
+the limit is refused at the byte that crosses it, with or without a Content-Length.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -23,6 +24,52 @@ log = logging.getLogger("boneage.serve")
 
 class TooLarge(Exception):
     pass
+
+
+CLOSE = {"Connection": "close"}  # the server drops the connection: the rest of a refused body is never received
+
+
+class _BodyTooLarge(HTTPException):
+    pass
+
+
+class LimitBody:
+    """ASGI middleware: a request body larger than `limit` bytes is a 413, judged on the bytes actually received.
+
+    A Content-Length over the limit is answered before any byte is read. Without one (a chunked upload), the form
+    parser is stopped at the byte that crosses the limit: it spools file parts to the temp dir as they arrive, so a
+    check after parsing would come after the whole body was on disk."""
+
+    def __init__(self, app, limit: int, detail: str):
+        self.app, self.limit, self.detail = app, limit, detail
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"detail": self.detail}, 413, CLOSE)(scope, receive, send)
+        received, started = 0, False
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _BodyTooLarge(413, self.detail, CLOSE)  # FastAPI passes an HTTPException from parsing through
+            return message
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await JSONResponse({"detail": self.detail}, 413, CLOSE)(scope, receive, send)
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -41,12 +88,8 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0) -> FastAPI:
                   description="Bone age from a hand radiograph (PNG, JPEG, TIFF or DICOM), with the bone-age SDS "
                               "against the Greulich & Pyle (Brush Foundation) reference. Research use only.")
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:  # room for the form's other fields
-            return JSONResponse({"detail": f"upload too large (limit {max_upload_mb:g} MB)"}, status_code=413)
-        return await call_next(request)
+    # room for the form's other fields and the multipart boundaries
+    app.add_middleware(LimitBody, limit=limit + 64 * 1024, detail=f"upload too large (limit {max_upload_mb:g} MB)")
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
