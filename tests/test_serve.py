@@ -160,6 +160,12 @@ def test_a_chunked_upload_is_cut_at_the_limit_not_spooled_whole(app):
     assert read <= 4  # the header chunk and the megabytes up to the limit: the rest never left the client
 
 
+def test_two_files_in_one_request_are_refused(client):
+    data = EXAMPLE.read_bytes()
+    r = client.post("/predict", files=[("file", ("a.jpg", data)), ("file", ("b.jpg", data))], data={"sex": "M"})
+    assert r.status_code == 400 and "file (2 times)" in r.json()["detail"]
+
+
 def test_out_of_range_age_is_a_422_and_age_outside_the_table_is_flagged(client):
     assert _post(client, EXAMPLE.read_bytes(), sex="M", chronological_age_months=-3).status_code == 422
     d = _post(client, EXAMPLE.read_bytes(), sex="F", chronological_age_months=200).json()

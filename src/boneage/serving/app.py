@@ -8,6 +8,7 @@ the limit is refused at the byte that crosses it, with or without a Content-Leng
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -108,6 +109,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0) -> FastAPI:
 
     @app.post("/predict")
     async def predict(
+        request: Request,
         file: UploadFile = File(..., description="the radiograph: PNG, JPEG, TIFF, WebP or DICOM"),
         sex: str | None = Form(None, description="M or F; optional for a DICOM whose header has it"),
         chronological_age_months: float | None = Form(None, ge=0, le=300),
@@ -116,6 +118,10 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0) -> FastAPI:
         heatmap: bool = Form(False, description="add a Grad-CAM overlay (PNG, base64 data URL)"),
         preview: bool = Form(False, description="add the radiograph as a PNG data URL, for display"),
     ) -> dict:
+        counts = Counter(key for key, _ in (await request.form()).multi_items())  # parsed once, cached by Starlette
+        repeated = [f"{key} ({n} times)" for key, n in counts.items() if n > 1]
+        if repeated:  # FastAPI would take the last silently: an answer about one of several films, unsaid which
+            raise UserError(f"a field given more than once: {', '.join(repeated)}; send one radiograph per request")
         try:
             data = await _read_limited(file, limit)
         except TooLarge:
