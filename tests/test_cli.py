@@ -45,6 +45,11 @@ def test_predict_bad_sex(model, synthetic):
     _assert_one_line_error(cli("predict", image, "--sex", "X", "--model", model), "--sex")
 
 
+def test_an_error_never_prints_terminal_control_codes(model, tmp_path):
+    result = cli("predict", tmp_path / "\x1b[31mred\x1b[0m.png", "--sex", "M", "--model", model)
+    _assert_one_line_error(result, "\\x1b[31mred\\x1b[0m.png: no such file")
+    assert "\x1b" not in result.stderr
+
 def test_checkpoint_that_is_not_one(tmp_path, synthetic):
     (tmp_path / "fake.ckpt").write_bytes(b"\x00garbage" * 10)
     image = sorted(synthetic[0].iterdir())[0]

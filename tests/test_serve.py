@@ -166,6 +166,11 @@ def test_two_files_in_one_request_are_refused(client):
     assert r.status_code == 400 and "file (2 times)" in r.json()["detail"]
 
 
+def test_a_refusal_never_carries_terminal_control_codes(client):
+    r = _post(client, b"hello, not an image", "\x1b[31mred\x1b[0m.png", sex="M")
+    assert r.status_code == 400, r.text
+    assert "\x1b" not in r.json()["detail"] and r.json()["detail"].startswith("\\x1b[31mred\\x1b[0m.png: ")
+
 def test_out_of_range_age_is_a_422_and_age_outside_the_table_is_flagged(client):
     assert _post(client, EXAMPLE.read_bytes(), sex="M", chronological_age_months=-3).status_code == 422
     d = _post(client, EXAMPLE.read_bytes(), sex="F", chronological_age_months=200).json()
