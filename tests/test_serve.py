@@ -237,3 +237,94 @@ def test_web_page_in_a_real_browser(app, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------------- memory under large images
+def test_the_preview_of_a_large_film_makes_no_full_size_copy():
+    import tracemalloc
+
+    from boneage.serving.report import _preview
+
+    film = np.random.default_rng(0).random((4000, 3000), dtype=np.float32)  # 48 MB
+    tracemalloc.start()
+    small = _preview(film)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert small.shape == (768, 576) and small.dtype == np.uint8
+    assert peak < film.nbytes / 2  # the display window used to take ~4 full-size float copies
+
+
+def _holder(budget, pixels, entered, leave):
+    def run():
+        with budget.hold(pixels):
+            entered.set()
+            leave.wait(10)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_pixel_budget_admits_in_order_within_its_limit_and_a_larger_image_alone():
+    from boneage.serving.app import PixelBudget
+
+    budget = PixelBudget(100)
+    a, b, c = (threading.Event() for _ in range(3))
+    leave_a, leave_b, leave_c = (threading.Event() for _ in range(3))
+    _holder(budget, 60, a, leave_a)
+    assert a.wait(5)
+    _holder(budget, 300, b, leave_b)  # larger than the whole budget: waits for an empty one, then runs alone
+    time.sleep(0.05)
+    _holder(budget, 10, c, leave_c)  # would fit now, but comes after b: first come, first served
+    assert not b.wait(0.2) and not c.is_set() and budget.used == 60
+    leave_a.set()
+    assert b.wait(5) and budget.used == 300
+    assert not c.wait(0.2)
+    leave_b.set()
+    assert c.wait(5)
+    leave_c.set()
+
+
+def test_small_films_are_not_queued_behind_large_ones():
+    from boneage.serving.app import Admission
+
+    admission = Admission(1.0)  # 1 megapixel: large films share 750,000 pixels, small ones (up to 125,000) the rest
+    big1, big2, small = (threading.Event() for _ in range(3))
+    leave = threading.Event()
+    _holder(admission, 700_000, big1, leave)
+    assert big1.wait(5)
+    _holder(admission, 700_000, big2, leave)
+    _holder(admission, 100_000, small, leave)
+    assert small.wait(5) and not big2.is_set()
+    leave.set()
+    assert big2.wait(5)
+
+
+def test_the_service_bounds_the_pixels_it_decodes_at_once():
+    from boneage.serving.app import create_app, decoded_pixels
+
+    lock, now, most = threading.Lock(), [0], [0]
+
+    class Recorder:  # stands in for the model: notes the decoded pixels in work at once
+        def report(self, data, name, inputs):
+            pixels = decoded_pixels(data)
+            with lock:
+                now[0] += pixels
+                most[0] = max(most[0], now[0])
+            time.sleep(0.05)
+            with lock:
+                now[0] -= pixels
+            return {"image": name}
+
+    def png_of(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", (side, side), 7).save(buf, "PNG")
+        return buf.getvalue()
+
+    client = TestClient(create_app(Recorder(), max_decoding_mpx=1.0))
+    uploads = [png_of(600)] * 8 + [png_of(200)] * 8  # 360,000 and 40,000 pixels
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda d: _post(client, d, sex="M").status_code, uploads))
+    assert codes == [200] * 16
+    assert 360_000 <= most[0] <= 1_000_000  # at most two large (750,000) and six small (250,000) at once
