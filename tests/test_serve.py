@@ -88,6 +88,20 @@ def test_dicom_sex_and_age_from_the_header(client):
     assert d["chronological_age_months"] == pytest.approx(120, abs=0.5) and d["chronological_age_source"] == "dicom"
 
 
+def test_a_dicom_with_an_unknown_transfer_syntax_is_a_400(client):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.uid import UID, DigitalXRayImageStorageForPresentation
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.SOPClassUID, ds.Modality, ds.PatientSex = DigitalXRayImageStorageForPresentation, "DX", "F"
+    ds.set_pixel_data(np.zeros((300, 300), np.uint16), "MONOCHROME2", 12)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.3.4.5.6")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    r = _post(client, buf.getvalue(), "odd.dcm")
+    assert r.status_code == 400 and r.json()["detail"].startswith("odd.dcm: unknown transfer syntax UID 1.2.3.4.5.6")
+
 @pytest.mark.parametrize(
     ("data", "form", "fragment"),
     [
