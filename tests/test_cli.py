@@ -1,6 +1,7 @@
 """Bad input gets one line naming the file and the problem, a non-zero exit, and no traceback."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -43,6 +44,11 @@ def test_predict_bad_sex(model, synthetic):
     image = sorted(synthetic[0].iterdir())[0]
     _assert_one_line_error(cli("predict", image, "--sex", "X", "--model", model), "--sex")
 
+
+def test_an_error_never_prints_terminal_control_codes(model, tmp_path):
+    result = cli("predict", tmp_path / "\x1b[31mred\x1b[0m.png", "--sex", "M", "--model", model)
+    _assert_one_line_error(result, "\\x1b[31mred\\x1b[0m.png: no such file")
+    assert "\x1b" not in result.stderr
 
 def test_checkpoint_that_is_not_one(tmp_path, synthetic):
     (tmp_path / "fake.ckpt").write_bytes(b"\x00garbage" * 10)
@@ -104,3 +110,66 @@ def test_predict_path_does_not_import_lightning():
 
     code = "import sys, boneage.cli, boneage.inference.predictor; print('lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("args", [["--lr", "-1"], ["--lr", "nan"], ["--epochs", "-3"], ["--batch-size", "0"],
+                                  ["--workers", "-1"], ["--max-minutes", "-5"], ["--checkpoint-every", "0"],
+                                  ["--limit", "0"], ["--warmup-epochs", "-1"], ["--devices", "two"]],
+                         ids=lambda a: " ".join(a))
+def test_train_nonsense_numbers_are_one_line(tmp_path, synthetic, args):
+    images, labels = synthetic
+    small = ["--arch", "tiny_cnn", "--image-size", "32", "--epochs", "1", "--limit", "40", "--cache-dir",
+             tmp_path / "c"]  # should a check fail, a short training, not the default 200 epochs
+    result = cli("train", "--images", images, "--labels", labels, "--out", tmp_path / "r", *small, *args)
+    _assert_one_line_error(result, args[0].lstrip("-").replace("-", "_").replace("workers", "num_workers"))
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+def _copy_of_run(trained, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(trained, tmp_path / "copy", ignore=shutil.ignore_patterns(".lock")))
+
+
+@pytest.mark.parametrize("size", ["empty", "half"])
+def test_resume_from_a_truncated_or_empty_last_ckpt_is_one_line(trained, tmp_path, size):
+    run = _copy_of_run(trained, tmp_path)
+    data = (run / "last.ckpt").read_bytes()
+    (run / "last.ckpt").write_bytes(b"" if size == "empty" else data[: len(data) // 2])
+    _assert_one_line_error(cli("train", "--resume", "--out", run, "--epochs", "15"), "last.ckpt", "cannot resume")
+
+
+@pytest.mark.parametrize("epochs", ["0", "-1"])
+def test_resume_with_nonsense_epochs_is_one_line(trained, tmp_path, epochs):
+    run = _copy_of_run(trained, tmp_path)
+    _assert_one_line_error(cli("train", "--resume", "--out", run, "--epochs", epochs), "epochs")
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path, synthetic):
+    import fcntl
+
+    images, labels = synthetic
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{}\n")
+    with open(run / ".lock", "a") as held:  # as a training running in another process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _assert_one_line_error(cli("train", "--images", images, "--labels", labels, "--out", run, "--arch",
+                                   "tiny_cnn", "--image-size", "32", "--epochs", "1", "--limit", "40", "--cache-dir",
+                                   tmp_path / "c"), "another training is running")
+        _assert_one_line_error(cli("train", "--resume", "--out", run), "another training is running")
+    assert (run / "config.json").read_text() == "{}\n" and sorted(p.name for p in run.iterdir()) == [".lock",
+                                                                                                    "config.json"]
+    _assert_one_line_error(cli("train", "--resume", "--out", run), "nothing to resume")
+    with open(run / ".lock", "a") as again:  # the run refused inside the lock let go of it
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_resume_trains_in_the_folder_given_not_the_one_its_config_names(trained, tmp_path):
+    run = _copy_of_run(trained, tmp_path)
+    original = {name: (trained / name).read_bytes() for name in ("last.ckpt", "best.ckpt", "metrics.csv")}
+    result = cli("train", "--resume", "--out", run, "--epochs", "15")
+    assert result.returncode == 0, result.stderr
+    assert {name: (trained / name).read_bytes() for name in original} == original
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 15
+    assert json.loads((run / "config.json").read_text())["out"] == str(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.pixels import get_decoder  # noqa: E402
 from pydicom.uid import (  # noqa: E402
+    MPEG2MPML,
+    UID,
     DigitalXRayImageStorageForPresentation,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -98,6 +101,13 @@ def test_monochrome1_is_inverted_so_bone_is_bright():
     assert np.array_equal(d.pixels, (a.max() + a.min() - a).astype(np.float32))  # same range, order reversed
     assert d.pixels[20:28, 15:25].mean() > d.pixels.mean()
 
+
+def test_16bit_monochrome1_inverts_without_overflow():
+    a = RNG.integers(1000, 65536, (30, 20)).astype(np.uint16)  # max + min > 65535: wraps in uint16 arithmetic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = read_dicom(to_bytes(make_dicom(a, "MONOCHROME1")), "m1.dcm")
+    assert np.array_equal(d.pixels, (float(a.max()) + float(a.min()) - a).astype(np.float32))
 
 def test_12bit_rescale_slope_and_intercept():
     ds = make_dicom(STORED12, bits=12, RescaleSlope=2, RescaleIntercept=-1024)
@@ -211,6 +221,25 @@ def test_missing_decoder_says_what_to_install(monkeypatch):
         read_dicom(to_bytes(ds), "c.dcm")
 
 
+
+def test_unknown_transfer_syntax_is_a_user_error():
+    ds = make_dicom(STORED12, bits=12)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.3.4.5")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    with pytest.raises(UserError, match=r"^u\.dcm: unknown transfer syntax UID 1\.2\.3\.4\.5"):
+        read_dicom(buf.getvalue(), "u.dcm")
+
+
+def test_a_syntax_without_any_decoder_does_not_say_to_install_one():
+    ds = make_dicom(STORED12, bits=12)
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.PixelData = encapsulate([b"\0" * 64])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(UserError, match=r"^v\.dcm: cannot decode MPEG2 .*no decoder exists") as err:
+        read_dicom(to_bytes(ds), "v.dcm")
+    assert "install" not in str(err.value)
+
 # --------------------------------------------------------------------------------------------------- header
 @pytest.mark.parametrize(("tags", "male", "age"), [
     ({"PatientSex": "F", "PatientAge": "010Y"}, False, 120.0),
@@ -318,3 +347,12 @@ def test_cli_needs_sex_when_the_header_has_none(tiny_model, tmp_path, capsys):
     assert "anon.dcm: sex unknown: pass --sex M or F (the DICOM header has no PatientSex)" in err
     assert _cli("predict", tmp_path / "anon.dcm", "--model", tiny_model, "--sex", "M") == 0
     assert "sex M" in capsys.readouterr().out
+
+
+def test_cli_unknown_transfer_syntax_is_one_line_and_exit_2(tiny_model, tmp_path, capsys):
+    ds = make_dicom(STORED12, bits=12, PatientSex="F")
+    ds.file_meta.TransferSyntaxUID = UID("1.2.3.4.5")
+    ds.save_as(tmp_path / "odd.dcm", enforce_file_format=True, implicit_vr=False, little_endian=True)
+    assert _cli("predict", tmp_path / "odd.dcm", "--model", tiny_model) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "odd.dcm: unknown transfer syntax UID" in err[0]

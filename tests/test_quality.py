@@ -160,8 +160,39 @@ def test_drawing_with_few_gray_levels():
 def test_dicom_of_another_modality_and_body_part():
     with pytest.raises(UserError, match="^ct.dcm: DICOM Modality CT is not a radiograph$"):
         read_checked(dicom(HAND16, Modality="CT"), "ct.dcm")
-    chest = dicom(HAND16, BodyPartExamined="CHEST")
-    assert read_checked(chest, "c.dcm").warnings == ["DICOM BodyPartExamined is CHEST, not a hand"]
+    odd = dicom(HAND16, BodyPartExamined="XRAY")
+    assert read_checked(odd, "o.dcm").warnings == ["DICOM BodyPartExamined is XRAY, not recognised as a hand"]
+
+
+def _anonymised(**tags) -> bytes:
+    """A DICOM of the drawn hand whose Modality was removed, as anonymisation often does."""
+    pydicom = pytest.importorskip("pydicom")
+    ds = pydicom.dcmread(io.BytesIO(dicom(HAND16, **tags)))
+    del ds.Modality
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("part", ["HEAD", "ABDOMEN", "CHEST", "BRAIN", "C-SPINE", "WHOLE BODY", "LOWER LIMB", "FOOT",
+                                  "Knee left"])
+def test_a_body_part_that_is_not_a_hand_is_refused_without_a_modality(part):
+    with pytest.raises(UserError, match=f"^b.dcm: DICOM BodyPartExamined is {part.upper()}, not a hand$"):
+        read_checked(_anonymised(BodyPartExamined=part), "b.dcm")
+
+
+@pytest.mark.parametrize("tags", [{"ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"]},
+                                  {"ImageOrientationPatient": [1, 0, 0, 0, 1, 0]}, {"SliceThickness": 5.0},
+                                  {"SliceLocation": -77.2}], ids=["axial", "orientation", "thickness", "location"])
+def test_a_cross_sectional_slice_is_refused_without_a_modality(tags):
+    with pytest.raises(UserError, match=r"^s.dcm: a cross-sectional slice \(DICOM \w+.*\), not a radiograph of a"):
+        read_checked(_anonymised(**tags), "s.dcm")
+
+
+@pytest.mark.parametrize("part", ["HAND", "LEFT WRIST", "HAND AND FOOT", "UPPER EXTREMITY", "LOWER ARM", None])
+def test_a_hand_wrist_or_unstated_body_part_is_answered(part):
+    tags = {"BodyPartExamined": part} if part else {}
+    assert read_checked(_anonymised(**tags), "h.dcm").warnings == []
 
 
 @pytest.mark.parametrize("kind", ["uniform noise", "gaussian noise", "gradient", "text"])

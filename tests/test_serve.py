@@ -88,6 +88,20 @@ def test_dicom_sex_and_age_from_the_header(client):
     assert d["chronological_age_months"] == pytest.approx(120, abs=0.5) and d["chronological_age_source"] == "dicom"
 
 
+def test_a_dicom_with_an_unknown_transfer_syntax_is_a_400(client):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.uid import UID, DigitalXRayImageStorageForPresentation
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.SOPClassUID, ds.Modality, ds.PatientSex = DigitalXRayImageStorageForPresentation, "DX", "F"
+    ds.set_pixel_data(np.zeros((300, 300), np.uint16), "MONOCHROME2", 12)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.3.4.5.6")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    r = _post(client, buf.getvalue(), "odd.dcm")
+    assert r.status_code == 400 and r.json()["detail"].startswith("odd.dcm: unknown transfer syntax UID 1.2.3.4.5.6")
+
 @pytest.mark.parametrize(
     ("data", "form", "fragment"),
     [
@@ -117,6 +131,59 @@ def test_upload_limit_is_a_413(client):
     r = _post(client, b"\0" * (3 * 1024 * 1024), "huge.png", sex="M")
     assert r.status_code == 413 and "too large" in r.json()["detail"]
 
+
+
+def _post_chunked(app, chunks) -> tuple[int, dict, int]:
+    """POST /predict to the ASGI app as a chunked upload, no Content-Length: (status, answer, body chunks it read)."""
+    import asyncio
+    import json
+
+    read, chunks, sent = 0, iter(chunks), []
+
+    async def receive():
+        nonlocal read
+        chunk = next(chunks, None)
+        read += chunk is not None
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"host", b"testserver"), (b"transfer-encoding", b"chunked"),
+               (b"content-type", b"multipart/form-data; boundary=BOUNDARY")]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body), read
+
+
+def test_a_chunked_upload_is_cut_at_the_limit_not_spooled_whole(app):
+    def body():
+        yield (b'--BOUNDARY\r\nContent-Disposition: form-data; name="sex"\r\n\r\nM\r\n--BOUNDARY\r\n'
+               b'Content-Disposition: form-data; name="file"; filename="big.png"\r\n'
+               b"Content-Type: application/octet-stream\r\n\r\n")
+        megabyte = b"\0" * (1 << 20)
+        for _ in range(100):  # 100 MB offered to a service whose limit is 2 MB
+            yield megabyte
+        yield b"\r\n--BOUNDARY--\r\n"
+
+    status, answer, read = _post_chunked(app, body())
+    assert status == 413 and "too large" in answer["detail"]
+    assert read <= 4  # the header chunk and the megabytes up to the limit: the rest never left the client
+
+
+def test_two_files_in_one_request_are_refused(client):
+    data = EXAMPLE.read_bytes()
+    r = client.post("/predict", files=[("file", ("a.jpg", data)), ("file", ("b.jpg", data))], data={"sex": "M"})
+    assert r.status_code == 400 and "file (2 times)" in r.json()["detail"]
+
+
+def test_a_refusal_never_carries_terminal_control_codes(client):
+    r = _post(client, b"hello, not an image", "\x1b[31mred\x1b[0m.png", sex="M")
+    assert r.status_code == 400, r.text
+    assert "\x1b" not in r.json()["detail"] and r.json()["detail"].startswith("\\x1b[31mred\\x1b[0m.png: ")
 
 def test_out_of_range_age_is_a_422_and_age_outside_the_table_is_flagged(client):
     assert _post(client, EXAMPLE.read_bytes(), sex="M", chronological_age_months=-3).status_code == 422
@@ -184,3 +251,94 @@ def test_web_page_in_a_real_browser(app, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------------- memory under large images
+def test_the_preview_of_a_large_film_makes_no_full_size_copy():
+    import tracemalloc
+
+    from boneage.serving.report import _preview
+
+    film = np.random.default_rng(0).random((4000, 3000), dtype=np.float32)  # 48 MB
+    tracemalloc.start()
+    small = _preview(film)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert small.shape == (768, 576) and small.dtype == np.uint8
+    assert peak < film.nbytes / 2  # the display window used to take ~4 full-size float copies
+
+
+def _holder(budget, pixels, entered, leave):
+    def run():
+        with budget.hold(pixels):
+            entered.set()
+            leave.wait(10)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_pixel_budget_admits_in_order_within_its_limit_and_a_larger_image_alone():
+    from boneage.serving.app import PixelBudget
+
+    budget = PixelBudget(100)
+    a, b, c = (threading.Event() for _ in range(3))
+    leave_a, leave_b, leave_c = (threading.Event() for _ in range(3))
+    _holder(budget, 60, a, leave_a)
+    assert a.wait(5)
+    _holder(budget, 300, b, leave_b)  # larger than the whole budget: waits for an empty one, then runs alone
+    time.sleep(0.05)
+    _holder(budget, 10, c, leave_c)  # would fit now, but comes after b: first come, first served
+    assert not b.wait(0.2) and not c.is_set() and budget.used == 60
+    leave_a.set()
+    assert b.wait(5) and budget.used == 300
+    assert not c.wait(0.2)
+    leave_b.set()
+    assert c.wait(5)
+    leave_c.set()
+
+
+def test_small_films_are_not_queued_behind_large_ones():
+    from boneage.serving.app import Admission
+
+    admission = Admission(1.0)  # 1 megapixel: large films share 750,000 pixels, small ones (up to 125,000) the rest
+    big1, big2, small = (threading.Event() for _ in range(3))
+    leave = threading.Event()
+    _holder(admission, 700_000, big1, leave)
+    assert big1.wait(5)
+    _holder(admission, 700_000, big2, leave)
+    _holder(admission, 100_000, small, leave)
+    assert small.wait(5) and not big2.is_set()
+    leave.set()
+    assert big2.wait(5)
+
+
+def test_the_service_bounds_the_pixels_it_decodes_at_once():
+    from boneage.serving.app import create_app, decoded_pixels
+
+    lock, now, most = threading.Lock(), [0], [0]
+
+    class Recorder:  # stands in for the model: notes the decoded pixels in work at once
+        def report(self, data, name, inputs):
+            pixels = decoded_pixels(data)
+            with lock:
+                now[0] += pixels
+                most[0] = max(most[0], now[0])
+            time.sleep(0.05)
+            with lock:
+                now[0] -= pixels
+            return {"image": name}
+
+    def png_of(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", (side, side), 7).save(buf, "PNG")
+        return buf.getvalue()
+
+    client = TestClient(create_app(Recorder(), max_decoding_mpx=1.0))
+    uploads = [png_of(600)] * 8 + [png_of(200)] * 8  # 360,000 and 40,000 pixels
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda d: _post(client, d, sex="M").status_code, uploads))
+    assert codes == [200] * 16
+    assert 360_000 <= most[0] <= 1_000_000  # at most two large (750,000) and six small (250,000) at once

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ class TrainConfig:
         return self.lr * {"none": 1.0, "sqrt": ratio**0.5, "linear": ratio}[self.lr_scaling]
 
     def validate(self) -> None:
+        _check_numbers(self)
         if self.lr_scaling not in ("none", "sqrt", "linear"):
             raise UserError(f"config: lr_scaling must be none, sqrt or linear, not {self.lr_scaling!r}")
         if self.schedule not in ("plateau", "cosine"):
@@ -140,6 +142,34 @@ class TrainConfig:
                 raise UserError(f"config: {name} must be at least 1")
         if not 0 <= self.balance <= 1:
             raise UserError(f"config: balance must be between 0 and 1, not {self.balance}")
+
+
+# (setting, least value, whether the least is allowed): what would make torch or Lightning fail with a traceback,
+# or train silently on nonsense (a negative learning rate climbs the loss).
+_NUMBER_RANGES = (
+    ("epochs", 1, True), ("batch_size", 1, True), ("limit", 1, True), ("lr", 0, False), ("lr_reference_batch", 1, True),
+    ("weight_decay", 0, True), ("plateau_factor", 0, False), ("plateau_patience", 0, True),
+    ("plateau_cooldown", 0, True), ("min_lr", 0, True), ("warmup_epochs", 0, True), ("contrast", 0, True),
+    ("brightness", 0, True), ("gamma", 0, True), ("rotate_deg", 0, True), ("scale", 0, True), ("translate", 0, True),
+    ("num_nodes", 1, True), ("num_workers", 0, True), ("max_minutes", 0, False), ("checkpoint_every", 1, True),
+    ("val_fraction", 0, False),
+)
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """One line for a numeric setting that is not a number or out of range (`--lr -1`, `--epochs 0`, nan)."""
+    for name, least, inclusive in _NUMBER_RANGES:
+        value = getattr(cfg, name)
+        if value is None and name in ("limit", "max_minutes"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"config: {name} must be a number, not {value!r}")
+        if value < least or (value == least and not inclusive):
+            raise UserError(f"config: {name} must be {'at least' if inclusive else 'above'} {least}, not {value:g}")
+    if cfg.plateau_factor >= 1:
+        raise UserError(f"config: plateau_factor must be below 1, not {cfg.plateau_factor:g}")
+    if str(cfg.devices) != "auto" and not (str(cfg.devices).isdigit() and int(cfg.devices) >= 1):
+        raise UserError(f"config: devices must be auto or a number of devices, not {cfg.devices!r}")
 
 
 def to_dict(obj) -> dict[str, Any]:

@@ -10,7 +10,8 @@ not care about the scale.
 Compressed transfer syntaxes are decoded by pydicom's plugins: RLE Lossless natively; JPEG Baseline/Extended, JPEG
 Lossless (Process 14, SV1), JPEG-LS and JPEG 2000 / HTJ2K with `pylibjpeg`, `pylibjpeg-libjpeg`,
 `pylibjpeg-openjpeg` (the `serve` extra; Pillow covers JPEG Baseline and JPEG 2000 alone). A missing decoder is a
-`UserError` saying which package to install.
+`UserError` saying which package to install; a syntax no package decodes (MPEG-2, HEVC...) or an unknown transfer
+syntax UID is a `UserError` saying so.
 
 Every failure is a `UserError` naming the file. pydicom is imported only when a DICOM is read.
 """
@@ -52,6 +53,7 @@ class DicomImage:
     frames: int = 1
     voi: str = "none"  # what set the gray levels: "VOI LUT", "window C/W" or "none"
     colour_fraction: float | None = None  # for RGB/YBR files: share of clearly coloured pixels (see images.py)
+    cross_sectional: str | None = None  # the header fact that marks a CT/MR-like slice, e.g. "ImageType AXIAL"
     notes: list[str] = field(default_factory=list)  # e.g. "first of 3 frames"
 
     def header(self) -> dict:
@@ -91,6 +93,20 @@ def _parse_da(value) -> date | None:
     return None
 
 
+def _cross_sectional(ds) -> str | None:
+    """The header fact that marks a slice of a volume (CT, MR, PET...), not a projection radiograph; None if none.
+
+    Anonymisation often drops Modality but keeps the image-plane tags, which projection (CR/DX) IODs do not have."""
+    image_type = ds.get("ImageType")
+    kinds = [image_type] if isinstance(image_type, str) else list(image_type or [])
+    if "AXIAL" in (str(k).strip().upper() for k in kinds):
+        return "ImageType AXIAL"
+    for key in ("ImageOrientationPatient", "SliceLocation", "SliceThickness"):
+        if ds.get(key) not in (None, "", []):
+            return key
+    return None
+
+
 def _read_dataset(source: bytes | Path, name: str):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -121,9 +137,25 @@ def _decoder_missing(ts) -> bool:
         return True
 
 
+def _decoder_exists(ts) -> bool:
+    """True when pydicom has a decoder for the syntax, installed or not (MPEG-2, HEVC...: none at all)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        get_decoder(ts)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def _decode_first_frame(ds, name: str) -> np.ndarray:
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and not ts.is_transfer_syntax:  # a private or mistyped UID: pydicom raises on asking about it
+        raise UserError(f"{name}: unknown transfer syntax UID {str(ts)[:64]}: its pixel data cannot be decoded")
     if _decoder_missing(ts):
+        if not _decoder_exists(ts):  # installing packages would not help: say so, not what to install
+            raise UserError(f"{name}: cannot decode {ts.name} pixel data: no decoder exists for it; send the image "
+                            "uncompressed or as JPEG / JPEG 2000")
         raise UserError(f"{name}: cannot decode {ts.name} pixel data: install pylibjpeg, pylibjpeg-libjpeg and "
                         "pylibjpeg-openjpeg (pip install 'boneage[serve]')")
     try:
@@ -181,6 +213,7 @@ def read_dicom(source: bytes | str | Path, name: str | None = None) -> DicomImag
             gray = apply_voi_lut(gray, ds, index=0) if voi != "none" else gray
             shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
             if photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE"):
+                gray = np.asarray(gray, dtype=np.float32)  # stored integers: max + min overflows uint16
                 gray = gray.max() + gray.min() - gray  # same range, bone bright
                 if photometric == "MONOCHROME2":
                     notes.append("inverted for Presentation LUT Shape INVERSE")
@@ -209,4 +242,4 @@ def read_dicom(source: bytes | str | Path, name: str | None = None) -> DicomImag
         modality=(str(ds.get("Modality", "")).strip().upper() or None),
         body_part=(str(ds.get("BodyPartExamined", "")).strip().upper() or None),
         bits_stored=int(bits) if bits is not None else None, frames=frames, voi=voi, colour_fraction=colour,
-        notes=notes)
+        cross_sectional=_cross_sectional(ds), notes=notes)

@@ -6,10 +6,12 @@ Refusals (`UserError`, message "NAME: reason"), in the order they are tried:
 - empty, non-finite or constant (or nearly: >= 99% of pixels at one value);
 - too small (< 64 pixels a side) or too elongated (aspect ratio over 4:1);
 - a colour picture (over 10% of pixels clearly coloured), a drawing (fewer than 16 gray levels), or a DICOM whose
-  Modality is not a projection radiograph (CT, MR, US...);
+  Modality is not a projection radiograph (CT, MR, US...), whose header marks a cross-sectional slice (image-plane
+  tags, ImageType AXIAL), or whose BodyPartExamined is clearly another part (HEAD, CHEST, ABDOMEN, FOOT...);
 - probably not a hand radiograph: texture statistics outside the range seen on real radiographs;
 - probably inverted: bone dark on a bright background (e.g. a MONOCHROME1 image exported without its inversion).
-Warnings (returned, not raised): a DICOM BodyPartExamined that is not a hand or wrist; borderline inversion scores.
+Warnings (returned, not raised): a DICOM BodyPartExamined not recognised as a hand, wrist or upper limb, nor as another
+part; borderline inversion scores.
 
 Texture statistics are computed on the image squeezed to 128 x 128 with the model's own resize, cropped to its content
 (uniform outer rows and columns dropped: scanner frames, padding, a light box), cut to 64 levels between its 1st and
@@ -41,6 +43,7 @@ The service's recipe: `checked = read_checked(upload_bytes, filename)` (raises `
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +61,18 @@ MAX_MODE_SHARE = 0.99  # share of pixels at the single most common value
 MAX_COLOUR = 0.10  # share of clearly coloured pixels (see images.colour_fraction); gray radiographs score ~0
 MIN_LEVELS = 16  # distinct gray values (on a 1/4 subsample); the RSNA 8-bit JPEGs have at least 46
 HAND_PARTS = ("HAND", "WRIST", "FINGER", "UPPER LIMB", "UPPER EXTREMITY", "EXTREMITY", "ARM", "FOREARM")
+# BodyPartExamined words (DICOM PS3.16 Annex L defined terms and common free text) of parts that are not a hand:
+# a refusal whatever the Modality says (it is often removed by anonymisation). Matched as whole words and as two
+# adjacent words run together ("WHOLE BODY", "C-SPINE", "LOWER LIMB"); a hand or wrist word anywhere wins (a "HAND AND
+# FOOT" series stays answered), and upper-limb words that may frame a hand (ARM, EXTREMITY) are not in the list.
+NOT_HAND_PARTS = frozenset("""
+    HEAD SKULL BRAIN FACE JAW MANDIBLE SINUS ORBIT TMJ IAC EAR NOSE NECK HEADNECK
+    CHEST THORAX LUNG HEART BREAST RIB RIBS STERNUM CLAVICLE SCAPULA SHOULDER ELBOW HUMERUS
+    ABDOMEN ABDOMENPELVIS CHESTABDOMEN CHESTABDPELVIS ABDPELVIS LIVER KIDNEY BLADDER PROSTATE UTERUS PELVIS
+    SPINE CSPINE TSPINE LSPINE SSPINE CTSPINE TLSPINE LSSPINE SACRUM COCCYX
+    HIP FEMUR KNEE PATELLA LEG TIBIA FIBULA ANKLE FOOT FEET TOE TOES HEEL CALCANEUS LOWERLIMB LOWEREXTREMITY
+    WHOLEBODY
+""".split())
 _PP = Preprocess(image_size=128, channels=1, resize="stretch")
 
 # Texture envelope (lo, hi): the min and max over 2,000 real radiographs, widened by 20% of the range on each side.
@@ -127,6 +142,14 @@ def image_features(gray: np.ndarray) -> dict[str, float | list[float]]:
     }
 
 
+def body_part_is_not_a_hand(body_part: str) -> bool:
+    """True for a BodyPartExamined value that names another part of the body (see NOT_HAND_PARTS)."""
+    words = re.findall(r"[A-Z]+", body_part.upper())
+    if {"HAND", "HANDS", "WRIST", "FINGER", "FINGERS", "THUMB", "CARPUS", "METACARPUS"} & set(words):
+        return False
+    return bool(NOT_HAND_PARTS & (set(words) | {a + b for a, b in zip(words, words[1:])}))
+
+
 def inverted_score(features: dict) -> float:
     """Logit of 'this radiograph is shown inverted' (> INVERTED_REFUSE: refused)."""
     return INVERTED_BIAS + float(np.dot(INVERTED_WEIGHTS, features["grid"]))
@@ -165,8 +188,13 @@ def check_image(gray: np.ndarray, name: str, colour_fraction: float | None = Non
     if dicom is not None:
         if dicom.modality in NOT_RADIOGRAPH_MODALITIES:
             raise UserError(f"{name}: DICOM Modality {dicom.modality} is not a radiograph")
+        if dicom.cross_sectional:
+            raise UserError(f"{name}: a cross-sectional slice (DICOM {dicom.cross_sectional}), not a radiograph "
+                            "of a hand")
+        if dicom.body_part and body_part_is_not_a_hand(dicom.body_part):
+            raise UserError(f"{name}: DICOM BodyPartExamined is {dicom.body_part}, not a hand")
         if dicom.body_part and not any(p in dicom.body_part for p in HAND_PARTS):
-            warnings.append(f"DICOM BodyPartExamined is {dicom.body_part}, not a hand")
+            warnings.append(f"DICOM BodyPartExamined is {dicom.body_part}, not recognised as a hand")
     if len(values) < MIN_LEVELS:
         raise UserError(f"{name}: only {len(values)} gray levels: a drawing or a binary image, not a radiograph")
 

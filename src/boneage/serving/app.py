@@ -1,19 +1,29 @@
 """The FastAPI application: GET /health, POST /predict, the web page at /, OpenAPI at /docs.
 
 Bad input is a 4xx with a one-line `detail`; anything unexpected is a 500 for that request only: the server goes on.
-Uploads are held in memory (or Starlette's spool in the system temp dir) and never written anywhere else.
+Uploads are held in memory (or Starlette's spool in the system temp dir) and never written anywhere else; a body over
+the limit is refused at the byte that crosses it, with or without a Content-Length. Decoding is admitted by decoded
+size (`Admission`), so concurrent large films cannot take the server's memory (benchmarks/large_images.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
 import logging
+import threading
+import warnings
+from collections import Counter, deque
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image
 
 from boneage import __version__
+from boneage.dicom import is_dicom
 from boneage.errors import UserError
 from boneage.serving.report import Inputs, Reporter
 
@@ -23,6 +33,127 @@ log = logging.getLogger("boneage.serve")
 
 class TooLarge(Exception):
     pass
+
+
+CLOSE = {"Connection": "close"}  # the server drops the connection: the rest of a refused body is never received
+
+
+class _BodyTooLarge(HTTPException):
+    pass
+
+
+class LimitBody:
+    """ASGI middleware: a request body larger than `limit` bytes is a 413, judged on the bytes actually received.
+
+    A Content-Length over the limit is answered before any byte is read. Without one (a chunked upload), the form
+    parser is stopped at the byte that crosses the limit: it spools file parts to the temp dir as they arrive, so a
+    check after parsing would come after the whole body was on disk."""
+
+    def __init__(self, app, limit: int, detail: str):
+        self.app, self.limit, self.detail = app, limit, detail
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"detail": self.detail}, 413, CLOSE)(scope, receive, send)
+        received, started = 0, False
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _BodyTooLarge(413, self.detail, CLOSE)  # FastAPI passes an HTTPException from parsing through
+            return message
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await JSONResponse({"detail": self.detail}, 413, CLOSE)(scope, receive, send)
+
+
+class PixelBudget:
+    """At most `limit` decoded pixels at a time, first come first served; a single larger image runs alone.
+
+    Decoding, checking and preparing a film takes about 8 bytes per pixel of float copies, for a second or more on a
+    9,000 x 9,000 one: without a bound, concurrent uploads of small files that decode large multiply that by the
+    thread pool (40). Blocking, in the worker thread: the bound does not depend on the event loop."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._line: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        me = object()
+        with self._cond:
+            self._line.append(me)
+            self._cond.wait_for(lambda: self._line[0] is me and (self.used == 0 or self.used + pixels <= self.limit))
+            self._line.popleft()
+            self.used += pixels
+            self._cond.notify_all()  # the next in line may fit beside this one
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+def decoded_pixels(data: bytes) -> int:
+    """Pixels the upload will decode to, from its header alone (0 when unreadable: decoding will refuse it)."""
+    try:
+        if is_dicom(data[:132]):
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            return int(ds.Rows) * int(ds.Columns)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                return img.width * img.height
+    except Exception:  # anything unreadable here is refused, cheaply, by the decoder with its own message
+        return 0
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim). Each worker thread gets its own malloc arena,
+    and an arena keeps what a large film's decoding freed (Pillow's image blocks): without this, every thread that
+    once decoded a large film holds its size for good, and the admission bound multiplies by the thread count."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+class Admission:
+    """Two lanes of `PixelBudget`: small films (up to 1/8 of the budget, about 3,500 x 3,500 at the default) share a
+    quarter of it and never queue behind large ones; large ones share the rest, in order of arrival."""
+
+    def __init__(self, megapixels: float):
+        total = int(megapixels * 1e6)
+        self.small_max = total // 8
+        self.small, self.large = PixelBudget(total // 4), PixelBudget(total - total // 4)
+
+    def hold(self, pixels: int):
+        return (self.small if pixels <= self.small_max else self.large).hold(pixels)
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -35,18 +166,26 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(reporter: Reporter, max_upload_mb: float = 64.0) -> FastAPI:
+def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx: float = 100.0) -> FastAPI:
+    """max_decoding_mpx: decoded megapixels in work at once (see `Admission`); ~8 bytes each at the peak."""
     limit = int(max_upload_mb * 1024 * 1024)
+    admission = Admission(max_decoding_mpx)
+
+    def admitted_report(data: bytes, name: str, inputs: Inputs) -> dict:
+        pixels = decoded_pixels(data)
+        try:
+            with admission.hold(pixels):
+                return reporter.report(data, name, inputs)
+        finally:
+            if pixels > admission.small_max:
+                _release_freed_memory()
+
     app = FastAPI(title="boneage", version=__version__,
                   description="Bone age from a hand radiograph (PNG, JPEG, TIFF or DICOM), with the bone-age SDS "
                               "against the Greulich & Pyle (Brush Foundation) reference. Research use only.")
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:  # room for the form's other fields
-            return JSONResponse({"detail": f"upload too large (limit {max_upload_mb:g} MB)"}, status_code=413)
-        return await call_next(request)
+    # room for the form's other fields and the multipart boundaries
+    app.add_middleware(LimitBody, limit=limit + 64 * 1024, detail=f"upload too large (limit {max_upload_mb:g} MB)")
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
@@ -65,6 +204,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0) -> FastAPI:
 
     @app.post("/predict")
     async def predict(
+        request: Request,
         file: UploadFile = File(..., description="the radiograph: PNG, JPEG, TIFF, WebP or DICOM"),
         sex: str | None = Form(None, description="M or F; optional for a DICOM whose header has it"),
         chronological_age_months: float | None = Form(None, ge=0, le=300),
@@ -73,6 +213,10 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0) -> FastAPI:
         heatmap: bool = Form(False, description="add a Grad-CAM overlay (PNG, base64 data URL)"),
         preview: bool = Form(False, description="add the radiograph as a PNG data URL, for display"),
     ) -> dict:
+        counts = Counter(key for key, _ in (await request.form()).multi_items())  # parsed once, cached by Starlette
+        repeated = [f"{key} ({n} times)" for key, n in counts.items() if n > 1]
+        if repeated:  # FastAPI would take the last silently: an answer about one of several films, unsaid which
+            raise UserError(f"a field given more than once: {', '.join(repeated)}; send one radiograph per request")
         try:
             data = await _read_limited(file, limit)
         except TooLarge:
@@ -82,7 +226,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0) -> FastAPI:
             raise UserError(f"{file.filename or 'file'}: empty upload")
         inputs = Inputs(sex or None, chronological_age_months, birth_date or None, study_date or None, heatmap,
                         preview)
-        return await run_in_threadpool(reporter.report, data, file.filename or "upload", inputs)
+        return await run_in_threadpool(admitted_report, data, file.filename or "upload", inputs)
 
     @app.get("/", include_in_schema=False)
     def page():

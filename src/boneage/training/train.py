@@ -6,11 +6,14 @@ metrics.csv (one row per epoch), best.ckpt (lowest validation MAD), last.ckpt (f
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -31,13 +34,56 @@ def resolve_precision(cfg: TrainConfig) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def _is_extra_process() -> bool:
+    """True in the processes a multi-GPU or multi-node run launches besides the first: they share its lock."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@contextlib.contextmanager
+def _run_dir_lock(out: Path, create: bool):
+    """Hold RUN_DIR/.lock (flock) while training: two runs into one folder would interleave metrics.csv and leave
+    the config of one next to the checkpoints of the other. The kernel drops the lock if the process dies."""
+    if _is_extra_process() or (not create and not out.is_dir()):
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another training is running in this folder (it holds {out / '.lock'}); "
+                            "wait for it to end or choose another --out") from None
+        except OSError:  # a file system without locks (some network mounts): train unguarded, as before
+            pass
+        yield
+
+
+def _check_resumable(last: Path) -> None:
+    """torch.save writes a zip: an empty or cut-short last.ckpt (full disk, interrupted copy) fails here, in one line,
+    instead of deep inside Trainer.fit."""
+    try:
+        with zipfile.ZipFile(last) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise UserError(f"{last}: empty or truncated checkpoint, cannot resume from it ({exc})") from None
+    if damaged is not None:
+        raise UserError(f"{last}: damaged checkpoint ({damaged} fails its checksum), cannot resume from it")
+
+
 def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
-    """Train; returns the path of best.ckpt."""
+    """Train; returns the path of best.ckpt. Refused while another training holds the same run folder."""
+    cfg.validate()  # before the run folder is made: a refused setting leaves nothing behind
+    with _run_dir_lock(Path(cfg.out), create=not resume):
+        return _train(cfg, resume, log)
+
+
+def _train(cfg: TrainConfig, resume: bool, log) -> Path:
     out = Path(cfg.out)
     last = out / "last.ckpt"
     if resume:
         if not last.is_file():
             raise UserError(f"{last}: nothing to resume (no last.ckpt in {out})")
+        _check_resumable(last)
     elif (out / "metrics.csv").exists():
         raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
     cfg.validate()
@@ -116,6 +162,7 @@ def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig
     if not path.is_file():
         raise UserError(f"{path}: no saved config to resume from")
     cfg = train_config_from_dict(json.loads(path.read_text()), str(path))
-    if epochs:
+    cfg.out = str(out)  # the folder given, not the one saved: a copied run must not train its original
+    if epochs is not None:
         cfg.epochs = epochs
     return cfg
