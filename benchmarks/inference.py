@@ -135,7 +135,7 @@ def main() -> None:
                              "throughput": throughput(predictor, args.batch)})
     h, w = read_checked(data, "bench").gray.shape
     info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "arch": torch_p.cfg.model.arch, "image_size": pp.image_size,
+            "arch": torch_p.spec.model.arch, "image_size": pp.image_size,
             "input": f"{w} x {h}" + ("" if args.image else " 16-bit PNG, drawn"), "input_bytes": len(data),
             "model_gflops": flops, "load_average": [load_before, os.getloadavg()[0]], "rows": rows}
 

@@ -83,7 +83,7 @@ def main() -> int:
             return predictor.predict_batch(np.stack([predictor.prepare(g) for g in gs]), male)
 
         base = predict(grays)
-        print(f"\nprediction change, months ({predictor.cfg.model.arch}, intensity={predictor.preprocess.intensity})")
+        print(f"\nprediction change, months ({predictor.spec.model.arch}, intensity={predictor.preprocess.intensity})")
         for name, change in CHANGES.items():
             moved = np.abs(predict([change(g) for g in grays]) - base)
             print(f"{name:<15} mean {moved.mean():6.2f}  p90 {np.percentile(moved, 90):6.2f}  max {moved.max():6.2f}")

@@ -336,7 +336,7 @@ def test_cli_takes_sex_and_age_from_the_dicom_header(tiny_model, tmp_path, capsy
     (tmp_path / "hand.dcm").write_bytes(to_bytes(make_dicom(STORED12, "MONOCHROME1", 12, **tags)))
     assert _cli("predict", tmp_path / "hand.dcm", "--model", tiny_model, "--json") == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["sex"] == "F" and record["sex_source"] == "DICOM" and record["age_source"] == "DICOM"
+    assert record["sex"] == "F" and record["sex_source"] == "dicom" and record["chronological_age_source"] == "dicom"
     assert record["sds"]["chronological_age_months"] == 120.0 and record["sds"]["sds"] is not None
 
 
@@ -344,7 +344,7 @@ def test_cli_needs_sex_when_the_header_has_none(tiny_model, tmp_path, capsys):
     (tmp_path / "anon.dcm").write_bytes(to_bytes(make_dicom(STORED12, bits=12)))
     assert _cli("predict", tmp_path / "anon.dcm", "--model", tiny_model) == 2
     err = capsys.readouterr().err
-    assert "anon.dcm: sex unknown: pass --sex M or F (the DICOM header has no PatientSex)" in err
+    assert "anon.dcm: sex unknown: give M or F (the DICOM header has no PatientSex)" in err
     assert _cli("predict", tmp_path / "anon.dcm", "--model", tiny_model, "--sex", "M") == 0
     assert "sex M" in capsys.readouterr().out
 

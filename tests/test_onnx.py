@@ -75,11 +75,13 @@ def test_onnx_file_is_self_describing(exported, tiny):
     out, _ = exported
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["boneage.config"]) == json.loads(json.dumps(to_dict(CFG)))
+    saved = json.loads(meta["boneage.config"])  # the model spec: network, preprocessing and the training settings
+    assert saved["model"] == json.loads(json.dumps(to_dict(CFG.model)))
+    assert saved["preprocess"] == json.loads(json.dumps(to_dict(CFG.preprocess)))
     assert proto.opset_import[0].version >= 17
     assert [i.name for i in proto.graph.input] == ["image", "male"]
     predictor = OnnxPredictor(out)
-    assert predictor.cfg == CFG and predictor.preprocess == Predictor.load(tiny).preprocess
+    assert predictor.spec.model == CFG.model and predictor.preprocess == Predictor.load(tiny).preprocess
 
 
 def test_runtimes_agree_within_a_tenth_of_a_month(exported, tiny, images):
@@ -138,7 +140,7 @@ def test_cli_export_and_predict_with_both_runtimes(tiny, images, tmp_path, capsy
         assert main(["predict", *map(str, images[:3]), "--sex", "M,F,M", "--model", str(model), "--runtime", runtime,
                      "--json", "--no-checks"]) == 0
         records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert [r["runtime"] for r in records] == [runtime] * 3
+        assert [r["model"]["runtime"] for r in records] == [runtime] * 3
         months[runtime] = np.array([r["bone_age_months"] for r in records])
     assert np.abs(months["torch"] - months["onnx"]).max() <= 0.1
 

@@ -50,7 +50,7 @@ def test_predict_with_age_gives_bone_age_and_sds(client):
     d = r.json()
     assert 0 < d["bone_age_months"] < 300 and d["sex"] == "M" and d["sex_source"] == "given"
     assert d["sds"]["sd_months"] == pytest.approx(9.39, abs=0.01)  # boys: 9.00 at 108, 9.79 at 120 -> 9.395 at 114
-    assert d["bone_age_years_months"].endswith(" m")
+    assert d["bone_age"].endswith(" m") and d["uncertainty_months"] >= 0 and d["uncertain"] in (True, False)
 
 
 def test_sixteen_bit_png_of_any_shape(client):
@@ -106,11 +106,11 @@ def test_a_dicom_with_an_unknown_transfer_syntax_is_a_400(client):
     ("data", "form", "fragment"),
     [
         (b"hello, not an image", {"sex": "M"}, "not an image"),
-        (None, {}, "sex is required"),
-        (None, {"sex": "X"}, "expected M or F"),
+        (None, {}, "sex unknown: give M or F"),
+        (None, {"sex": "X"}, "sex must be M or F"),
         (b"", {"sex": "F"}, "empty upload"),
         ("constant", {"sex": "F"}, "constant"),
-        (None, {"sex": "F", "birth_date": "2010-01-01"}, "both birth_date and study_date"),
+        (None, {"sex": "F", "birth_date": "2010-01-01"}, "a birth date needs the study date"),
     ],
     ids=["not-image", "no-sex", "bad-sex", "empty", "constant", "one-date"],
 )
@@ -185,8 +185,11 @@ def test_a_refusal_never_carries_terminal_control_codes(client):
     assert r.status_code == 400, r.text
     assert "\x1b" not in r.json()["detail"] and r.json()["detail"].startswith("\\x1b[31mred\\x1b[0m.png: ")
 
-def test_out_of_range_age_is_a_422_and_age_outside_the_table_is_flagged(client):
-    assert _post(client, EXAMPLE.read_bytes(), sex="M", chronological_age_months=-3).status_code == 422
+
+
+def test_out_of_range_age_is_a_400_and_age_outside_the_table_is_flagged(client):
+    r = _post(client, EXAMPLE.read_bytes(), sex="M", chronological_age_months=-3)
+    assert r.status_code == 400 and "expected 0 to 300" in r.json()["detail"]  # the CLI's rule and message
     d = _post(client, EXAMPLE.read_bytes(), sex="F", chronological_age_months=200).json()
     assert d["sds"]["sds"] is None and d["sds"]["flag"] == "above_reference"
 

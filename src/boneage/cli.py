@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from boneage.assessment import Case
 from boneage.errors import UserError
 
 
@@ -101,16 +102,14 @@ def cmd_train(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- evaluate
 def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a model on a labelled folder")
-    p.add_argument("--model", help="checkpoint or weights file (default: the shipped model)")
+    p = sub.add_parser("evaluate", help="score a model (or an ensemble) on a labelled folder")
+    add_model_options(p)
     p.add_argument("--images", required=True)
     p.add_argument("--labels", required=True)
     p.add_argument("--out", help="folder for predictions.csv, metrics.json and figures")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--tta", default="flip", choices=["none", "flip", "flips"],
-                   help="test-time views averaged: none, flip (left-right), flips (all four mirror images)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1...")
     p.set_defaults(func=cmd_evaluate)
 
@@ -118,12 +117,13 @@ def add_evaluate(sub) -> None:
 def cmd_evaluate(args) -> int:
     from boneage.evaluation.evaluate import evaluate
     from boneage.evaluation.metrics import format_report
-    from boneage.inference.predictor import Predictor, default_model_path
+    from boneage.inference.onnx import load_predictor
+    from boneage.inference.predictor import default_model_path
 
-    model = Path(args.model) if args.model else default_model_path()
-    predictor = Predictor.load(model, device=args.device, tta=args.tta)
+    predictor = load_predictor(args.model, tta=args.tta, device=args.device)
     result = evaluate(predictor, args.images, args.labels, args.out, args.batch_size, args.workers,
                       log=lambda m: print(m, file=sys.stderr))
+    model = Path(args.model[0]) if args.model else default_model_path()
     if args.out and (model.parent / "metrics.csv").is_file():
         from boneage.evaluation.figures import plot_curves
 
@@ -141,13 +141,12 @@ def cmd_evaluate(args) -> int:
 # ------------------------------------------------------------------------------------------------------ precision
 def add_precision(sub) -> None:
     p = sub.add_parser("precision", help="how far each answer moves when a film is re-saved, mirrored, rotated...")
-    p.add_argument("--model", help="checkpoint or weights file (default: the shipped model)")
+    add_model_options(p)
     p.add_argument("--images", required=True)
     p.add_argument("--labels", required=True, help="the films to use, e.g. docs/reference-model/val.csv")
     p.add_argument("--limit", type=int, help="the first N films of --labels")
     p.add_argument("--out", help="folder for precision.json, precision.md and deltas.csv")
     p.add_argument("--json", action="store_true", help="print one JSON object (without the per-film deltas)")
-    p.add_argument("--tta", default="flip", choices=["none", "flip", "flips"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, help="preprocessing processes (default: the cores, at most 16)")
     p.set_defaults(func=cmd_precision)
@@ -155,9 +154,9 @@ def add_precision(sub) -> None:
 
 def cmd_precision(args) -> int:
     from boneage.evaluation.precision import format_table, measure, write_outputs
-    from boneage.inference.predictor import Predictor
+    from boneage.inference.onnx import load_predictor
 
-    predictor = Predictor.load(args.model, device=args.device, tta=args.tta)
+    predictor = load_predictor(args.model, tta=args.tta, device=args.device)
     result = measure(predictor, args.images, args.labels, args.limit, args.workers,
                      log=lambda m: print(m, file=sys.stderr))
     if args.out:
@@ -173,12 +172,22 @@ def cmd_precision(args) -> int:
 
 
 # -------------------------------------------------------------------------------------------------------- predict
+def add_model_options(p, several: bool = True) -> None:
+    p.add_argument("--model", action="append" if several else "store", metavar="MODEL",
+                   help="checkpoint, weights or .onnx file (default: the shipped model)"
+                        + ("; repeat for an ensemble" if several else ""))
+    p.add_argument("--tta", default="flip", choices=["none", "flip", "flips"],
+                   help="test-time views averaged: none, flip (left-right), flips (all four mirror images)")
+
+
 def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="bone age of one or more radiographs (PNG, JPEG, TIFF, DICOM...)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser("predict", help="bone age of radiographs (PNG, JPEG, TIFF, DICOM...), or of folders of them")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--sex", help="M or F for all images, or a comma list, one per image; optional for DICOM files "
                                  "that record PatientSex")
-    p.add_argument("--model", help="checkpoint, weights or .onnx file (default: the shipped model)")
+    p.add_argument("--labels", help="label CSV (any of the three RSNA layouts) giving each image's sex by its id "
+                                    "(the file name without extension)")
+    add_model_options(p)
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="onnx: ONNX Runtime (a .pt/.ckpt model is exported once into ~/.cache/boneage/onnx)")
     g = p.add_argument_group("chronological age, for the bone-age SDS (Greulich & Pyle, Brush Foundation)")
@@ -191,106 +200,132 @@ def add_predict(sub) -> None:
                         "probably not a hand radiograph (see boneage.quality); for generated or unusual images")
     p.add_argument("--json", action="store_true", help="one JSON object per line, per image")
     p.add_argument("--heatmap", metavar="DIR", help="also write a saliency overlay PNG per image into DIR")
+    p.add_argument("--chart", metavar="FILE.png", help="draw the films on the Greulich & Pyle chart (needs the "
+                                                        "chronological age; one child, one or several films)")
+    g = p.add_argument_group("batch scoring (a folder, or --out): a CSV row per film, refusals included")
+    g.add_argument("--out", metavar="FILE.csv", help="write rows here; run again to continue (done films are skipped)")
+    g.add_argument("--workers", type=int, default=2, help="threads decoding while the model runs")
+    g.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_predict)
 
 
-def _chronological_age(args, dicom, image: str) -> tuple[float | None, str | None]:
-    """(months, where it came from): --age, else --dob with --study-date or the DICOM StudyDate, else the DICOM."""
-    from boneage.sds import age_from_dates
+def _case(path, sex, args) -> Case:
+    return Case(data=path, name=str(path), sex=sex, age_months=args.age, birth_date=args.dob,
+                study_date=args.study_date, check=args.check)
 
-    if args.age is not None:
-        return args.age, "--age"
-    if args.dob:
-        study = args.study_date or (dicom.study_date if dicom else None)
-        if study is None:
-            raise UserError(f"{image}: --dob needs --study-date (the date of the radiograph)")
-        return age_from_dates(args.dob, study), "--dob" + (" and --study-date" if args.study_date else " and DICOM")
-    if dicom is not None and dicom.age_months is not None:
-        return dicom.age_months, "DICOM"
-    return None, None
+
+def _sexes_from_labels(labels: str, films) -> list[bool | None]:
+    from boneage.data.labels import read_labels
+
+    table = {r.id: r.male for r in read_labels(labels, ".", require_image=False).records}
+    return [table.get(Path(f).stem) for f in films]
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-
-    from boneage.data.images import read_image
+    from boneage.assessment import assess, check_dates
     from boneage.inference.onnx import load_predictor
-    from boneage.sds import bone_age_sds, format_years_months, parse_date
 
-    n = len(args.images)
-    for path in args.images:
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
-    if args.heatmap and Path(args.heatmap).exists() and not Path(args.heatmap).is_dir():
-        raise UserError(f"--heatmap {args.heatmap}: exists and is not a folder")
+    batch = args.out is not None or any(Path(p).is_dir() for p in args.images)
     if args.heatmap and args.runtime != "torch":
         raise UserError("--heatmap needs --runtime torch (saliency takes gradients)")
-    if args.age is not None and args.dob:
-        raise UserError("--age and --dob: give one of them")
-    if args.study_date and not args.dob:
-        raise UserError("--study-date goes with --dob")
-    if args.age is not None and not 0 <= args.age < 1200:
-        raise UserError(f"--age: expected months between 0 and 1200, got {args.age:g}")
-    for value, flag in ((args.dob, "--dob"), (args.study_date, "--study-date")):
-        if value:
-            parse_date(value, flag)  # a malformed date fails before the model loads
-    sexes = parse_sexes(args.sex, n) if args.sex else [None] * n
-    predictor = load_predictor(args.model, args.runtime)
+    if args.heatmap and Path(args.heatmap).exists() and not Path(args.heatmap).is_dir():
+        raise UserError(f"--heatmap {args.heatmap}: exists and is not a folder")
+    if batch and not args.out:
+        raise UserError("a folder of films is scored into a CSV: give --out FILE.csv")
+    if batch and (args.heatmap or args.chart):
+        raise UserError("--heatmap and --chart are for single films, not batch scoring")
+    from boneage.batch import list_films
 
-    cases = []  # (image, male, sex source, chronological age, its source, warnings, prepared uint8, gray)
-    for path, sex in zip(args.images, sexes):
-        if args.check:
-            from boneage.quality import read_checked
+    films = list_films(args.images)
+    if not films:
+        raise UserError(f"{', '.join(args.images)}: no image files")
+    sexes = parse_sexes(args.sex, len(films)) if args.sex else [None] * len(films)
+    if args.labels:
+        sexes = [s if s is not None else m for s, m in zip(sexes, _sexes_from_labels(args.labels, films))]
+    cases = [_case(f, s, args) for f, s in zip(films, sexes)]
+    check_dates(cases[0])  # a malformed date fails before the model loads
+    predictor = load_predictor(args.model, args.runtime, tta=args.tta)
 
-            checked = read_checked(path)
-            gray, dicom, warnings = checked.gray, checked.dicom, checked.warnings
-        else:
-            decoded = read_image(path)
-            gray, dicom, warnings = decoded.gray, decoded.dicom, []
-        male = sex if sex is not None else (dicom.male if dicom else None)
-        if male is None:
-            raise UserError(f"{path}: sex unknown: pass --sex M or F"
-                            + (" (the DICOM header has no PatientSex)" if dicom else ""))
-        age, age_source = _chronological_age(args, dicom, path)
-        cases.append((path, male, "--sex" if sex is not None else "DICOM", age, age_source, warnings,
-                      predictor.prepare(gray), gray if args.heatmap else None))
-    ages: list[float] = []
-    for start in range(0, n, 16):
-        chunk = cases[start:start + 16]
-        ages += [float(a) for a in predictor.predict_batch(np.stack([c[6] for c in chunk]), [c[1] for c in chunk])]
+    if batch:
+        from boneage.batch import score
+
+        progress = _progress(len(cases))
+        counts = score(cases, predictor, Path(args.out), args.batch_size, args.workers, progress.update)
+        progress.close()
+        print(json.dumps(counts | {"out": args.out}))
+        return 0
 
     used: set[str] = set()
-    for i, ((image, male, sex_source, age, age_source, warnings, _, gray), months) in enumerate(zip(cases, ages)):
-        for w in warnings:
-            print(f"boneage: warning: {image}: {w}", file=sys.stderr)
-        heatmap = None
+    points = []
+    for i, case in enumerate(cases):
+        record, prepared = assess(case, predictor)
+        for w in record["warnings"]:
+            print(f"boneage: warning: {case.label}: {w}", file=sys.stderr)
         if args.heatmap:
             from boneage.explain import heatmap_file  # grad-cam only when asked for: plain predict stays lean
 
-            stem = Path(image).stem
+            stem = Path(case.label).stem
             stem = f"{stem}-{i + 1}" if stem in used else stem  # a/x.png and b/x.png must not overwrite each other
             used.add(stem)
-            heatmap = str(heatmap_file(predictor, image, male, Path(args.heatmap) / f"{stem}_saliency.png",
-                                       gray=gray))  # decoded once, above
-        sds = bone_age_sds(months, age, male) if age is not None else None
-        sex = "M" if male else "F"
-        if args.json:
-            record = {"image": image, "sex": sex, "sex_source": sex_source, "bone_age_months": round(months, 2),
-                      "bone_age_years": round(months / 12, 2), "bone_age": format_years_months(months),
-                      "runtime": args.runtime}
-            if sds is not None:
-                record |= {"age_source": age_source, "sds": sds.to_dict()}
-            record |= ({"warnings": warnings} if warnings else {}) | ({"heatmap": heatmap} if heatmap else {})
-            print(json.dumps(record))
-            continue
-        line = f"{image}: {months:.1f} months ({format_years_months(months)}), sex {sex}"
-        if sds is not None:
-            line += (f"; chronological age {age:.1f} months ({format_years_months(age)}), "
-                     f"difference {sds.difference_months:+.1f} months")
-            line += (f", SDS {sds.sds:+.2f} (simple {sds.sds_simple:+.2f})" if sds.sds is not None
-                     else f"; no SDS: {sds.note}")
-        print(line + (f"; heatmap {heatmap}" if heatmap else ""))
+            record["heatmap"] = str(heatmap_file(predictor, case.label, prepared.male,
+                                                 Path(args.heatmap) / f"{stem}_saliency.png", gray=prepared.gray))
+        if "chronological_age_months" in record:
+            points.append((record["chronological_age_months"], record["bone_age_months"], Path(case.label).name,
+                           prepared.male))
+        print(json.dumps(record) if args.json else format_record(record))
+    if args.chart:
+        _chart(points, args.chart)
     return 0
+
+
+def _chart(points, out: str) -> None:
+    from boneage.chart import draw_chart
+
+    if not points:
+        raise UserError("--chart needs the chronological age (--age, --dob, or a DICOM header with it)")
+    if len({m for *_, m in points}) > 1:
+        raise UserError("--chart: the films are of a boy and a girl; one chart is for one child")
+    draw_chart([(a, b, name) for a, b, name, _ in points], points[0][3], out)
+    print(f"chart: {out}", file=sys.stderr)
+
+
+def _progress(total: int):
+    """A progress bar on a terminal; silence in logs and pipes."""
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            return tqdm(total=total, unit="film", file=sys.stderr)
+        except ImportError:
+            pass
+
+    class Quiet:
+        def update(self, n: int = 1) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return Quiet()
+
+
+def format_record(record: dict) -> str:
+    """One line for a person: the bone age with its uncertainty, sex, and the comparison with the age, if known."""
+    from boneage.sds import format_years_months
+
+    months = record["bone_age_months"]
+    line = (f"{record['image']}: {months:.1f} ± {record['uncertainty_months']:.1f} months ({record['bone_age']}), "
+            f"sex {record['sex']}")
+    sds = record.get("sds")
+    if sds is not None:
+        age = record["chronological_age_months"]
+        line += (f"; chronological age {age:.1f} months ({format_years_months(age)}), "
+                 f"difference {sds['difference_months']:+.1f} months")
+        line += (f", SDS {sds['sds']:+.2f} (simple {sds['sds_simple']:+.2f})" if sds["sds"] is not None
+                 else f"; no SDS: {sds['note']}")
+    if record["uncertain"]:
+        line += "; UNCERTAIN: read with care"
+    return line + (f"; heatmap {record['heatmap']}" if record.get("heatmap") else "")
 
 
 # -------------------------------------------------------------------------------------------------------- explain
@@ -379,8 +414,10 @@ def cmd_pack(args) -> int:
 
 # --------------------------------------------------------------------------------------------------------- export
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="a checkpoint as compact weights (.pt: int8/float16) or ONNX (.onnx)")
-    p.add_argument("--model", help="checkpoint or weights file (default: the shipped model)")
+    p = sub.add_parser("export", help="a checkpoint as compact weights (.pt: int8/float16) or ONNX (.onnx); several "
+                                      "models as one ensemble file (.pt)")
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="checkpoint or weights file (default: the shipped model); repeat for an ensemble")
     p.add_argument("--out", required=True, help="FILE.pt or FILE.onnx")
     p.add_argument("--storage", choices=["int8", "float16", "float32"], default="int8", help="for .pt")
     p.add_argument("--card", help="JSON model card to embed (for .pt)")
@@ -388,18 +425,25 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    from boneage.config import read_json
     from boneage.inference.predictor import default_model_path
 
-    model = args.model or default_model_path()
+    models = args.model or [default_model_path()]
+    card = read_json(args.card) if args.card else None
     if args.out.endswith(".onnx"):
+        if len(models) > 1:
+            raise UserError("--out FILE.onnx takes one model: export each member, or an ensemble as .pt")
         from boneage.inference.onnx import export_onnx
 
-        result = export_onnx(model, args.out)
+        result = export_onnx(models[0], args.out)
+    elif len(models) > 1:
+        from boneage.inference.weights import export_ensemble
+
+        result = export_ensemble(models, args.out, args.storage, card)
     else:
-        from boneage.config import read_json
         from boneage.inference.weights import export_weights
 
-        result = export_weights(model, args.out, args.storage, read_json(args.card) if args.card else None)
+        result = export_weights(models[0], args.out, args.storage, card)
     print(json.dumps(result))
     return 0
 
@@ -409,7 +453,7 @@ def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="the web service and page (FastAPI): POST /predict, GET /health, /docs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", help="checkpoint, weights or .onnx file (default: the shipped model)")
+    add_model_options(p)
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--max-upload-mb", type=float, default=64.0)
     p.set_defaults(func=cmd_serve)
@@ -420,7 +464,7 @@ def cmd_serve(args) -> int:
 
     from boneage.serving.app import build
 
-    app = build(args.model, args.runtime, args.max_upload_mb)
+    app = build(args.model, args.runtime, args.max_upload_mb, tta=args.tta)
     print(f"boneage: serving on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

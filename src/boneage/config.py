@@ -66,6 +66,29 @@ class ModelConfig:
     age_std: float = 41.2  # months
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What inference needs of a model, and all it reads: the network and the preprocessing it was trained with.
+
+    A checkpoint or weights file stores its whole training configuration (for provenance, under `training` when
+    exported); inference reads only `model` and `preprocess`, so training options can come and go without making
+    shipped weights or ONNX exports unloadable."""
+
+    model: ModelConfig
+    preprocess: Preprocess
+    training: dict[str, Any] | None = None  # the run's settings as saved, not interpreted
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], where: str = "config") -> ModelSpec:
+        """From a saved training config or spec: its "model" and "preprocess" parts (missing ones: defaults)."""
+        if not isinstance(config, dict):
+            raise UserError(f"{where}: the model description is not a JSON object")
+        training = config.get("training") or {k: v for k, v in config.items() if k not in ("model", "preprocess")}
+        return cls(model_config_from_dict(dict(config.get("model") or {}), f"{where} model"),
+                   preprocess_from_dict(dict(config.get("preprocess") or {}), f"{where} preprocess"),
+                   training or None)
+
+
 @dataclass
 class TrainConfig:
     """The training recipe. Defaults: the poster (Adam 1e-3, plateau schedule, 200 epochs, batch 16, flips)."""

@@ -53,6 +53,14 @@ def model_region(gray: np.ndarray, pp: Preprocess) -> tuple[int, int, int, int]:
     return 0, gray.shape[0], 0, gray.shape[1]
 
 
+def region_fractions(gray: np.ndarray, pp: Preprocess) -> tuple[float, float, float, float]:
+    """`model_region` as fractions of the film's height and width: to place a map made on the input back on a copy of
+    the film at any size."""
+    top, bottom, left, right = model_region(gray, pp)
+    h, w = gray.shape
+    return top / h, bottom / h, left / w, right / w
+
+
 def preprocess_gray(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
     """Float gray of any size -> uint8 (S, S): what the store holds and the model sees (after `to_model_input`)."""
     top, bottom, left, right = model_region(gray, pp)

@@ -41,15 +41,15 @@ def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = N
     if table.skipped:
         log(f"{labels}: {table.skipped_summary()}")
     loader = DataLoader(_Prepared(table.records, predictor), batch_size=batch_size, num_workers=workers)
-    pred = np.full(len(table.records), np.nan)
+    pred, spread = np.full(len(table.records), np.nan), np.full(len(table.records), np.nan)
     failed: list[str] = []
     for x, male, idx, errors in loader:
-        ages = predictor.predict_batch(x, male.numpy())
-        for i, a, e in zip(idx.tolist(), ages, errors):
+        views = predictor.predict_views(x, male.numpy())  # (views x members, B)
+        for i, a, sd, e in zip(idx.tolist(), views.mean(axis=0), views.std(axis=0), errors):
             if e:
                 failed.append(e)
             else:
-                pred[i] = a
+                pred[i], spread[i] = a, sd
     ok = ~np.isnan(pred)
     if not ok.any():
         raise UserError(f"{labels}: no image could be read (first: {failed[0] if failed else 'none'})")
@@ -58,21 +58,26 @@ def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = N
     male = np.array([r.male for r in records])
     result = report(pred[ok], true, male)
     result["skipped"] = len(table.skipped) + len(failed)
-    result["model_arch"] = predictor.cfg.model.arch
+    result["model_arch"] = predictor.spec.model.arch
+    result["views"], result["members"] = predictor.tta, getattr(predictor, "members", 1)
+    # The spread of the answers over views and members: its upper percentiles calibrate the "uncertain" flag.
+    result["uncertainty_months"] = {f"p{q}": round(float(np.percentile(spread[ok], q)), 2) for q in (50, 90, 99)}
     if out:
-        result["files"] = write_outputs(Path(out), records, pred[ok], result)
+        result["files"] = write_outputs(Path(out), records, pred[ok], result, spread[ok])
     return result
 
 
-def write_outputs(out: Path, records: list[Record], pred: np.ndarray, result: dict) -> dict[str, str]:
+def write_outputs(out: Path, records: list[Record], pred: np.ndarray, result: dict,
+                  spread: np.ndarray | None = None) -> dict[str, str]:
     from boneage.evaluation.figures import plot_bland_altman, plot_scatter
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "predictions.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "male", "true_months", "predicted_months", "error_months"])
-        for r, p in zip(records, pred):
-            w.writerow([r.id, r.male, f"{r.age_months:g}", f"{p:.2f}", f"{p - r.age_months:+.2f}"])
+        w.writerow(["id", "male", "true_months", "predicted_months", "error_months", "uncertainty_months"])
+        spread = np.full(len(pred), np.nan) if spread is None else spread
+        for r, p, sd in zip(records, pred, spread):
+            w.writerow([r.id, r.male, f"{r.age_months:g}", f"{p:.2f}", f"{p - r.age_months:+.2f}", f"{sd:.2f}"])
     true = np.array([r.age_months for r in records])
     male = np.array([r.male for r in records])
     files = {"predictions": str(out / "predictions.csv"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from boneage.data.images import load_image
+from boneage.data.preprocess import region_fractions
 from boneage.errors import UserError
 from boneage.explain.activations import activations, default_layers, stage_names
 from boneage.explain.figures import activation_figure, age_text, saliency_figure, save_overlay
@@ -19,7 +20,7 @@ from boneage.explain.saliency import LABELS, METHODS, Saliency, region_fraction,
 
 def _subtitle(predictor, image: str | Path, gray, sal: Saliency) -> str:
     h, w = gray.shape
-    return (f"{Path(image).name}, {w} x {h} px. {LABELS[sal.method]} on {predictor.cfg.model.arch} {sal.layer}, "
+    return (f"{Path(image).name}, {w} x {h} px. {LABELS[sal.method]} on {predictor.spec.model.arch} {sal.layer}, "
             "target: the predicted age (warm = features that raise it concentrate here)")
 
 
@@ -35,7 +36,8 @@ def heatmap_file(predictor, image: str | Path, male: bool, path: str | Path, met
     gray: the image already decoded (e.g. uploaded bytes in the service); `image` then only names it."""
     _check_method(method)
     gray = load_image(image) if gray is None else gray
-    sal = saliency(predictor.model, predictor.prepare(gray), male, predictor.preprocess, gray.shape, method, layer)
+    sal = saliency(predictor.model, predictor.prepare(gray), male, predictor.preprocess, gray.shape, method, layer,
+                   region=region_fractions(gray, predictor.preprocess))
     return saliency_figure(gray, sal.map, Path(path), age_text(sal.bone_age_months, male),
                            _subtitle(predictor, image, gray, sal))
 
@@ -50,12 +52,13 @@ def explain_file(predictor, image: str | Path, male: bool, out: str | Path, laye
     prepared = predictor.prepare(gray)
     pp = predictor.preprocess
     acts, _ = activations(predictor.model, prepared, male, pp, layers)  # first: a bad --layers fails fast
-    sal = saliency(predictor.model, prepared, male, pp, gray.shape, method, saliency_layer)
+    sal = saliency(predictor.model, prepared, male, pp, gray.shape, method, saliency_layer,
+                   region=region_fractions(gray, pp))
     h, w = gray.shape
     title = age_text(sal.bone_age_months, male)
     files = {
         "activations": activation_figure(prepared, acts, out / f"{stem}_activations.png",
-                                         f"{Path(image).name}: activations, early to late ({predictor.cfg.model.arch})"
+                                         f"{Path(image).name}: activations, early to late ({predictor.spec.model.arch})"
                                          f" - {title}", pixel_aspect=h / w if pp.resize == "stretch" else 1.0),
         "saliency": saliency_figure(gray, sal.map, out / f"{stem}_saliency.png", title,
                                     _subtitle(predictor, image, gray, sal)),

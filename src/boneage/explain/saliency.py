@@ -77,8 +77,19 @@ def target_layer(model: nn.Module) -> str:
     return TARGET_LAYER.get(arch) or stage_names(model)[-1]
 
 
-def to_original(square: np.ndarray, shape: tuple[int, int], pp: Preprocess) -> np.ndarray:
-    """A map on the (S, S) model input -> the original (H, W), inverting `preprocess.resize` geometry."""
+def to_original(square: np.ndarray, shape: tuple[int, int], pp: Preprocess,
+                region: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """A map on the (S, S) model input -> the original (H, W), inverting `preprocess.resize` geometry.
+
+    region: the part of the film the model saw (top, bottom, left, right as fractions of the height and width, from
+    `preprocess.model_region`); the map is placed there and is zero outside it."""
+    if region is not None and tuple(region) != (0.0, 1.0, 0.0, 1.0):
+        h, w = shape
+        top, bottom = round(region[0] * h), max(round(region[1] * h), round(region[0] * h) + 1)
+        left, right = round(region[2] * w), max(round(region[3] * w), round(region[2] * w) + 1)
+        out = np.zeros((h, w), dtype=np.float32)
+        out[top:bottom, left:right] = to_original(square, (bottom - top, right - left), pp)
+        return out
     h, w = shape
     size = square.shape[0]
     if pp.resize == "pad" and h != w:  # crop the padded band off first: it holds no image
@@ -104,7 +115,8 @@ def _cam_class(method: str, baseline: str):
 
 
 def saliency(model: nn.Module, prepared: np.ndarray, male: bool, pp: Preprocess, original_shape: tuple[int, int],
-             method: str = "gradcam", layer: str | None = None, baseline: str = "mean") -> Saliency:
+             method: str = "gradcam", layer: str | None = None, baseline: str = "mean",
+             region: tuple[float, float, float, float] | None = None) -> Saliency:
     """uint8 (S, S) prepared image (from `Predictor.prepare`) -> saliency on the original (H, W) and the prediction.
 
     baseline "mean" (default, see `_mean_baseline`) or "zero" (the method exactly as published)."""
@@ -131,7 +143,7 @@ def saliency(model: nn.Module, prepared: np.ndarray, male: bool, pp: Preprocess,
         for p, flag in flags:
             p.requires_grad_(flag)
     square = np.nan_to_num(np.asarray(square, dtype=np.float32))
-    return Saliency(to_original(square, original_shape, pp), square, age, male, method, name)
+    return Saliency(to_original(square, original_shape, pp, region), square, age, male, method, name)
 
 
 def region_fraction(saliency_map: np.ndarray, box: tuple[float, float, float, float]) -> float:

@@ -1,6 +1,6 @@
 """ONNX export of a boneage network, and an ONNX Runtime predictor with the same surface as `Predictor`.
 
-The ONNX file is self-describing: its metadata holds the training config (preprocessing included) as JSON under
+The ONNX file is self-describing: its metadata holds the model spec (network and preprocessing) as JSON under
 `boneage.config`, so `OnnxPredictor` prepares images exactly as the checkpoint was trained, from the file alone.
 
     graph inputs:  image float32 (B, C, S, S), standardised as `to_model_input` makes it;  male float32 (B,) 1/0
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneage.config import Preprocess, TrainConfig, to_dict, train_config_from_dict
+from boneage.config import ModelSpec, Preprocess, to_dict
 from boneage.data.preprocess import preprocess_gray, to_model_input
 from boneage.errors import UserError
 from boneage.inference import tta as tta_views
-from boneage.inference.predictor import Predictor, default_model_path, load_model
+from boneage.inference.predictor import Predictor, default_model_path, load_model, load_torch
 
 OPSET = 17
 EXPORT_VERSION = 1  # part of the cache key: bump when the exported graph changes
@@ -57,8 +57,8 @@ def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPS
     """
     onnx = _need("onnx")
     model_path = Path(model_path) if model_path else default_model_path()
-    model, cfg, card = load_model(model_path)
-    pp = cfg.preprocess
+    model, spec, card = load_model(model_path)
+    pp = spec.preprocess
     x = torch.rand(2, 1, pp.image_size, pp.image_size, generator=torch.Generator().manual_seed(0))
     image, male = to_model_input(x, pp), torch.tensor([1.0, 0.0])
     out = Path(out)
@@ -71,7 +71,7 @@ def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPS
                           dynamic_axes={INPUTS[0]: {0: "batch"}, INPUTS[1]: {0: "batch"}, OUTPUT: {0: "batch"}},
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     proto = onnx.load(str(tmp))
-    meta = {META_CONFIG: json.dumps(to_dict(cfg)), META_CARD: json.dumps(card or {}),
+    meta = {META_CONFIG: json.dumps(to_dict(spec)), META_CARD: json.dumps(card or {}),
             META_SOURCE: file_sha256(model_path)}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -92,7 +92,10 @@ def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPS
 
 
 class OnnxPredictor:
-    """ONNX Runtime behind `Predictor`'s surface: `prepare`, `predict_batch`, `predict_files`, `preprocess`, `cfg`."""
+    """ONNX Runtime behind `Predictor`'s surface: `prepare`, `predict_views`, `predict_batch`, `preprocess`, `spec`."""
+
+    runtime = "onnx"
+    members = 1
 
     def __init__(self, path: str | Path, threads: int | None = None, tta: str = tta_views.DEFAULT):
         ort = _need("onnxruntime")
@@ -110,7 +113,7 @@ class OnnxPredictor:
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_CONFIG not in meta:
             raise UserError(f"{self.path}: ONNX file without a boneage config (export it with `boneage export`)")
-        self.cfg: TrainConfig = train_config_from_dict(json.loads(meta[META_CONFIG]), f"{self.path} metadata")
+        self.spec = ModelSpec.from_config(json.loads(meta[META_CONFIG]), f"{self.path} metadata")
         self.card: dict = json.loads(meta.get(META_CARD, "{}"))
 
     @classmethod
@@ -119,7 +122,7 @@ class OnnxPredictor:
 
     @property
     def preprocess(self) -> Preprocess:
-        return self.cfg.preprocess
+        return self.spec.preprocess
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:
         """Float gray image of any size -> uint8 (S, S) model input (the one preprocessing)."""
@@ -161,15 +164,23 @@ def onnx_for(model: str | Path | None = None, cache: str | Path | None = None) -
     return target
 
 
-def load_predictor(model: str | Path | None = None, runtime: str = "torch", threads: int | None = None,
-                   cache: str | Path | None = None) -> Predictor | OnnxPredictor:
-    """A predictor for `model` (None: BONEAGE_MODEL or the shipped model) on runtime "torch" or "onnx"."""
+def load_predictor(model=None, runtime: str = "torch", threads: int | None = None, cache: str | Path | None = None,
+                   tta: str = tta_views.DEFAULT, device: str = "cpu"):
+    """A predictor for `model` on runtime "torch" or "onnx": a path (None: BONEAGE_MODEL or the shipped model), or
+    a list of paths (an ensemble, pooled over members and test-time views)."""
+    if isinstance(model, (list, tuple)):
+        if len(model) > 1:
+            from boneage.inference.ensemble import Ensemble
+
+            return Ensemble([load_predictor(m, runtime, threads, cache, tta, device) for m in model],
+                            [str(m) for m in model])
+        model = model[0] if model else None
     if runtime == "torch":
         if model and Path(model).suffix.lower() == ".onnx":
             raise UserError(f"{model}: an ONNX file needs --runtime onnx")
         if threads:
             torch.set_num_threads(threads)
-        return Predictor.load(model)
+        return load_torch(model, device=device, tta=tta)
     if runtime == "onnx":
-        return OnnxPredictor(onnx_for(model, cache), threads)
+        return OnnxPredictor(onnx_for(model, cache), threads, tta)
     raise UserError(f"unknown runtime {runtime!r}; expected torch or onnx")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneage.config import Preprocess, TrainConfig, train_config_from_dict
+from boneage.config import ModelSpec, Preprocess
 from boneage.data.images import load_image
 from boneage.data.preprocess import preprocess_gray
 from boneage.errors import UserError
 from boneage.inference import tta as tta_views
-from boneage.inference.weights import FORMAT, unpack_state_dict
+from boneage.inference.weights import ENSEMBLE_FORMAT, FORMAT, unpack_state_dict
 from boneage.models import BoneAgeNet, create_model
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "boneage-reference.pt"
@@ -40,10 +40,18 @@ def _read(path: Path) -> dict:
         raise UserError(f"{path}: not a boneage checkpoint ({first[:160]})") from None
 
 
-def load_model(path: str | Path | None = None) -> tuple[BoneAgeNet, TrainConfig, dict]:
-    """-> (network in eval mode on the CPU, its training config, its model card or {})."""
+def load_model(path: str | Path | None = None) -> tuple[BoneAgeNet, ModelSpec, dict]:
+    """-> (network in eval mode on the CPU, its spec (network and preprocessing), its model card or {})."""
     path = Path(path) if path else default_model_path()
     ckpt = _read(path)
+    if isinstance(ckpt, dict) and ckpt.get("format") == ENSEMBLE_FORMAT:
+        raise UserError(f"{path}: an ensemble of {len(ckpt.get('members', []))} models; this needs one model "
+                        "(`boneage predict/evaluate/serve` take ensembles)")
+    return model_from_checkpoint(ckpt, path)
+
+
+def model_from_checkpoint(ckpt, path: Path) -> tuple[BoneAgeNet, ModelSpec, dict]:
+    """A loaded checkpoint or weights dict -> (network in eval mode, spec, card)."""
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: not a boneage checkpoint (no dict inside)")
     if ckpt.get("format") == FORMAT:  # a shipped / exported weights file
@@ -54,13 +62,27 @@ def load_model(path: str | Path | None = None) -> tuple[BoneAgeNet, TrainConfig,
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     else:
         raise UserError(f"{path}: not a boneage checkpoint (no boneage config inside)")
-    cfg = train_config_from_dict(config, f"{path} config")
-    model = create_model(cfg.model, in_chans=cfg.preprocess.channels)
+    spec = ModelSpec.from_config(config, f"{path}")
+    model = create_model(spec.model, in_chans=spec.preprocess.channels)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit {cfg.model.arch} ({str(exc).splitlines()[0]})") from None
-    return model.eval(), cfg, card
+        raise UserError(f"{path}: weights do not fit {spec.model.arch} ({str(exc).splitlines()[0]})") from None
+    return model.eval(), spec, card
+
+
+def load_torch(path: str | Path | None = None, device: str = "cpu", tta: str = tta_views.DEFAULT):
+    """A `Predictor`, or an `Ensemble` of them when the file packs several models (`boneage export` of several)."""
+    path = Path(path) if path else default_model_path()
+    ckpt = _read(path)
+    if isinstance(ckpt, dict) and ckpt.get("format") == ENSEMBLE_FORMAT:
+        from boneage.inference.ensemble import Ensemble
+
+        members = [Predictor(*model_from_checkpoint(m, path), device=device, tta=tta) for m in ckpt["members"]]
+        ensemble = Ensemble(members, [f"{path} member {i + 1}" for i in range(len(members))])
+        ensemble.card.update(ckpt.get("card") or {})
+        return ensemble
+    return Predictor(*model_from_checkpoint(ckpt, path), device=device, tta=tta)
 
 
 @dataclass
@@ -77,10 +99,13 @@ class Prediction:
 class Predictor:
     """`Predictor.load(path).predict_files([...], [True, ...])`; inputs are preprocessed exactly as in training."""
 
-    def __init__(self, model: BoneAgeNet, cfg: TrainConfig, card: dict | None = None, device: str = "cpu",
+    runtime = "torch"
+    members = 1
+
+    def __init__(self, model: BoneAgeNet, spec: ModelSpec, card: dict | None = None, device: str = "cpu",
                  tta: str = tta_views.DEFAULT):
         self.model = model.to(device).eval()
-        self.cfg, self.card, self.device = cfg, card or {}, torch.device(device)
+        self.spec, self.card, self.device = spec, card or {}, torch.device(device)
         self.tta = tta_views.check(tta)
 
     @classmethod
@@ -89,7 +114,7 @@ class Predictor:
 
     @property
     def preprocess(self) -> Preprocess:
-        return self.cfg.preprocess
+        return self.spec.preprocess
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:
         """Float gray image of any size -> uint8 (S, S) model input."""

@@ -1,7 +1,8 @@
 """Compact weights files: the network's state dict with int8 (per-output-channel scales) or fp16 storage.
 
 Format (a dict, loaded with torch.load(weights_only=True)):
-  {"format": "boneage-weights/1", "config": TrainConfig as a dict, "storage": "int8" | "float16" | "float32",
+  {"format": "boneage-weights/1", "config": ModelSpec as a dict (model, preprocess, training),
+   "storage": "int8" | "float16" | "float32",
    "state_dict": {name: tensor}, "scales": {name: float32 per-channel scales (int8 only)}, "card": {...}}
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 FORMAT = "boneage-weights/1"
+ENSEMBLE_FORMAT = "boneage-ensemble/1"  # {"format", "members": [weights files as dicts], "card": {...}}
 
 
 def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,11 +64,32 @@ def export_weights(model_path, out, storage: str = "int8", card: dict | None = N
     from boneage.config import to_dict
     from boneage.inference.predictor import load_model
 
-    model, cfg, old_card = load_model(model_path)
-    data = make_weights_file(model.state_dict(), to_dict(cfg), storage, card if card is not None else old_card)
+    model, spec, old_card = load_model(model_path)
+    data = make_weights_file(model.state_dict(), to_dict(spec), storage, card if card is not None else old_card)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(data, tmp)
     os.replace(tmp, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage}
+
+
+def export_ensemble(model_paths, out, storage: str = "int8", card: dict | None = None) -> dict:
+    """Several checkpoints or weights files -> one file that `predict`, `evaluate` and `serve` load as an ensemble."""
+    import os
+    from pathlib import Path
+
+    from boneage.config import to_dict
+    from boneage.inference.predictor import load_model
+
+    members = []
+    for path in model_paths:
+        model, spec, member_card = load_model(path)
+        members.append(make_weights_file(model.state_dict(), to_dict(spec), storage, member_card))
+    data = {"format": ENSEMBLE_FORMAT, "members": members, "card": card or {}}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, out)
+    return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "members": len(members)}

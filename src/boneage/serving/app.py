@@ -199,15 +199,15 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
     @app.get("/health")
     def health() -> dict:
         p = reporter.predictor
-        return {"status": "ok", "version": __version__, "arch": p.cfg.model.arch,
-                "image_size": p.preprocess.image_size, "runtime": "torch" if hasattr(p, "model") else "onnx"}
+        return {"status": "ok", "version": __version__, "arch": p.spec.model.arch,
+                "image_size": p.preprocess.image_size, "runtime": p.runtime}
 
     @app.post("/predict")
     async def predict(
         request: Request,
         file: UploadFile = File(..., description="the radiograph: PNG, JPEG, TIFF, WebP or DICOM"),
         sex: str | None = Form(None, description="M or F; optional for a DICOM whose header has it"),
-        chronological_age_months: float | None = Form(None, ge=0, le=300),
+        chronological_age_months: float | None = Form(None, description="months, 0 to 300"),
         birth_date: str | None = Form(None, description="YYYY-MM-DD, with study_date, instead of the age"),
         study_date: str | None = Form(None, description="YYYY-MM-DD"),
         heatmap: bool = Form(False, description="add a Grad-CAM overlay (PNG, base64 data URL)"),
@@ -235,9 +235,9 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
     return app
 
 
-def build(model: str | None = None, runtime: str = "torch", max_upload_mb: float = 64.0) -> FastAPI:
+def build(model=None, runtime: str = "torch", max_upload_mb: float = 64.0, tta: str = "flip") -> FastAPI:
+    """model: a path, a list of paths (an ensemble) or None (the shipped model)."""
     from boneage.inference.onnx import load_predictor
-    from boneage.inference.predictor import Predictor
 
-    predictor = load_predictor(model, runtime)
-    return create_app(Reporter(predictor, lambda: Predictor.load(model)), max_upload_mb)
+    predictor = load_predictor(model, runtime, tta=tta)
+    return create_app(Reporter(predictor, lambda: load_predictor(model, "torch", tta=tta)), max_upload_mb)

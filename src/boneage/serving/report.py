@@ -1,4 +1,5 @@
-"""One radiograph in, one clinical report out: the logic the service and `predict` share, free of HTTP."""
+"""The service's door to the one assessment (`boneage.assessment`): an upload in, its record out, with the page's
+extras (a Grad-CAM overlay and a preview at display size). Free of HTTP."""
 
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from boneage.errors import UserError
-from boneage.quality import read_checked
-from boneage.sds import age_from_dates, bone_age_sds, format_years_months
+from boneage.assessment import Case, predict_prepared, prepare, report
+from boneage.data.preprocess import region_fractions
 
 
 @dataclass
 class Inputs:
     """What a caller may say about the radiograph. Sex and age fall back to the DICOM header."""
 
-    sex: str | None = None  # "M" / "F"
+    sex: str | None = None  # M/F (the rules of `boneage.assessment.resolve_sex`)
     chronological_age_months: float | None = None
     birth_date: str | None = None  # ISO dates, used when no age in months is given
     study_date: str | None = None
@@ -49,29 +49,6 @@ def _preview(gray: np.ndarray, longest: int = 768) -> np.ndarray:
     return np.asarray(img)
 
 
-def _sex(inputs: Inputs, header_male: bool | None, name: str) -> tuple[bool, str]:
-    if inputs.sex:
-        s = inputs.sex.strip().upper()
-        if s not in ("M", "F"):
-            raise UserError(f"sex: expected M or F, got {inputs.sex!r}")
-        return s == "M", "given"
-    if header_male is not None:
-        return header_male, "dicom"
-    raise UserError(f"{name}: sex is required (M or F); it is not in the request nor in a DICOM header")
-
-
-def _age(inputs: Inputs, header_age: float | None) -> tuple[float | None, str | None]:
-    if inputs.chronological_age_months is not None:
-        return float(inputs.chronological_age_months), "given"
-    if inputs.birth_date and inputs.study_date:
-        return age_from_dates(inputs.birth_date, inputs.study_date), "dates"
-    if inputs.birth_date or inputs.study_date:
-        raise UserError("chronological age: give both birth_date and study_date, or chronological_age_months")
-    if header_age is not None:
-        return header_age, "dicom"
-    return None, None
-
-
 class Reporter:
     """Holds the predictor (and, for heatmaps, a PyTorch model); makes reports. Thread-safe."""
 
@@ -83,47 +60,30 @@ class Reporter:
         self._lock = threading.Lock()
 
     def _torch_predictor(self):
-        if hasattr(self.predictor, "model"):
+        if self.predictor.runtime == "torch":
             return self.predictor
         if self._heatmap_predictor is None:
             self._heatmap_predictor = self._heatmap_factory()
         return self._heatmap_predictor
 
     def report(self, data: bytes, name: str, inputs: Inputs) -> dict:
+        """The one assessment's record (`boneage.assessment`), plus what a page shows: heatmap, preview, timing."""
         t0 = time.perf_counter()
-        checked = read_checked(data, name)  # decoding + quality checks; UserError on refusal
-        header = checked.dicom
-        male, sex_source = _sex(inputs, header.male if header else None, name)
-        age, age_source = _age(inputs, header.age_months if header else None)
-        prepared = self.predictor.prepare(checked.gray)
+        case = Case(data=data, name=name, sex=inputs.sex, age_months=inputs.chronological_age_months,
+                    birth_date=inputs.birth_date, study_date=inputs.study_date)
+        prepared = prepare(case, self.predictor)  # decoding + quality checks; UserError on refusal
         with self._lock:
-            bone_age = float(self.predictor.predict_batch(prepared[None], [male])[0])
-        h, w = checked.gray.shape
-        out: dict = {
-            "image": name, "width": w, "height": h,
-            "sex": "M" if male else "F", "sex_source": sex_source,
-            "bone_age_months": round(bone_age, 2),
-            "bone_age_years_months": format_years_months(bone_age),
-            "warnings": checked.warnings,
-            "model": {"arch": self.predictor.cfg.model.arch,
-                      "validation_mad_months": self.predictor.card.get("validation_mad_months")
-                      if hasattr(self.predictor, "card") else None,
-                      "runtime": "onnx" if not hasattr(self.predictor, "model") else "torch"},
-        }
-        if header is not None:
-            out["dicom"] = header.header()
-        if age is not None:
-            out["chronological_age_months"] = round(age, 2)
-            out["chronological_age_source"] = age_source
-            out["sds"] = bone_age_sds(bone_age, age, male).to_dict()
-        small = _preview(checked.gray) if inputs.heatmap or inputs.preview else None
+            answers = predict_prepared(self.predictor, [prepared])[0]
+        out = report(prepared, answers, self.predictor)
+        small = _preview(prepared.gray) if inputs.heatmap or inputs.preview else None
         if inputs.heatmap:
             from boneage.explain.figures import overlay_rgb
             from boneage.explain.saliency import saliency
 
             torch_predictor = self._torch_predictor()
             with self._lock:  # the map straight at the preview's size: never a full-resolution copy of a large film
-                sal = saliency(torch_predictor.model, prepared, male, torch_predictor.preprocess, small.shape)
+                sal = saliency(torch_predictor.model, prepared.pixels, prepared.male, torch_predictor.preprocess,
+                               small.shape, region=region_fractions(prepared.gray, torch_predictor.preprocess))
             out["heatmap_png"] = _png_b64(overlay_rgb(small.astype(np.float32), sal.map))
         if inputs.preview:
             out["preview_png"] = _png_b64(small)

@@ -1,0 +1,48 @@
+"""Several models as one: each member's answers over the test-time views, pooled. Their mean is the bone age and
+their spread part of its uncertainty; members that disagree on a film mark it as one to read with care."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from boneage.errors import UserError
+
+
+class Ensemble:
+    """Members with one preprocessing and one runtime, behind `Predictor`'s surface."""
+
+    def __init__(self, members: list, names: list[str] | None = None):
+        if not members:
+            raise UserError("an ensemble needs at least one model")
+        first = members[0]
+        for i, m in enumerate(members[1:], start=1):
+            who = names[i] if names else f"member {i + 1}"
+            if m.preprocess != first.preprocess:
+                raise UserError(f"{who}: prepares films differently from the first model ({m.preprocess} vs "
+                                f"{first.preprocess}); an ensemble's members must share their preprocessing")
+        self.parts = members
+        self.spec, self.tta, self.runtime = first.spec, first.tta, first.runtime
+        self.members = len(members)
+        maps = [m.card.get("validation_mad_months") for m in members]
+        self.card = {"members": [m.card for m in members], "uncertain_above_months":
+                     max((m.card.get("uncertain_above_months") or 0) for m in members) or None,
+                     "validation_mad_months": None if len(members) > 1 else maps[0]}
+
+    @property
+    def preprocess(self):
+        return self.spec.preprocess
+
+    @property
+    def model(self):
+        """The first member's network: what a saliency map is drawn from."""
+        return self.parts[0].model
+
+    def prepare(self, gray: np.ndarray) -> np.ndarray:
+        return self.parts[0].prepare(gray)
+
+    def predict_views(self, images, male) -> np.ndarray:
+        """(members x views, B) months."""
+        return np.concatenate([m.predict_views(images, male) for m in self.parts], axis=0)
+
+    def predict_batch(self, images, male) -> np.ndarray:
+        return self.predict_views(images, male).mean(axis=0)
