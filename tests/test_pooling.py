@@ -126,3 +126,13 @@ def test_model_config_picks_the_implementation_of_all_nine_pools():
     model = create_model(arch="inception_v3", pool_impl="sum")
     impls = [m.pool_impl for m in model.modules() if isinstance(m, (_InceptionA, _InceptionC, _InceptionE))]
     assert impls == ["sum"] * 9
+
+
+def test_bench_takes_the_implementation_and_refuses_an_unknown_one():
+    from boneage.cli import build_parser
+
+    bench = ["bench", "--images", "DIR", "--labels", "CSV"]
+    assert build_parser().parse_args(bench).pool_impl == "native"
+    assert build_parser().parse_args([*bench, "--pool-impl", "sum"]).pool_impl == "sum"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*bench, "--pool-impl", "fast"])
