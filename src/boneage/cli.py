@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from boneage.assessment import Case
+from boneage.config import POOL_IMPLS
 from boneage.errors import UserError
 
 
@@ -377,6 +378,8 @@ def add_bench(sub) -> None:
     p.add_argument("--limit", type=int, default=1024, help="images decoded into the store (0: all)")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--pool-impl", choices=POOL_IMPLS, default="native",
+                   help="how inception_v3 computes its 3x3 average pools (the same function; issue 9)")
     p.add_argument("--profile", action="store_true", help="also list the kernels that take the step's time")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_bench)
@@ -387,8 +390,9 @@ def cmd_bench(args) -> int:
     from boneage.training.bench import bench
 
     cfg = TrainConfig(images=args.images, labels=args.labels, limit=args.limit or None, batch_size=args.batch_size,
-                      preprocess=Preprocess(image_size=args.image_size), model=ModelConfig(arch=args.arch),
-                      compile=args.compile, cache_dir=args.cache_dir)
+                      preprocess=Preprocess(image_size=args.image_size),
+                      model=ModelConfig(arch=args.arch, pool_impl=args.pool_impl), compile=args.compile,
+                      cache_dir=args.cache_dir)
     print(json.dumps(bench(cfg, args.device, steps=args.steps, profile=args.profile,
                            log=lambda m: print(m, file=sys.stderr))))
     return 0

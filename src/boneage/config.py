@@ -53,6 +53,14 @@ class Preprocess:
             raise UserError(f"preprocess: image_size {self.image_size} is too small (at least 32)")
 
 
+POOL_IMPLS = ("native", "conv", "sum")  # see boneage.models.pooling
+
+
+def check_pool_impl(impl: str) -> None:
+    if impl not in POOL_IMPLS:
+        raise UserError(f"model: pool_impl must be one of {', '.join(POOL_IMPLS)}, not {impl!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: a trunk from the registry and the poster's sex-aware regression head."""
@@ -64,6 +72,13 @@ class ModelConfig:
     # output starts near the right scale instead of climbing from 0 to ~127 months one Adam step at a time.
     age_mean: float = 127.3  # months
     age_std: float = 41.2  # months
+    # How Inception v3's 3x3 stride-1 average pools are computed: "native" (F.avg_pool2d), "conv" (a depthwise
+    # convolution) or "sum" (shifted slices). The same function to float rounding, with the same weights: a speed
+    # setting only (issue 9), for inception_v3 only. See boneage.models.pooling.
+    pool_impl: str = "native"
+
+    def __post_init__(self):
+        check_pool_impl(self.pool_impl)
 
 
 @dataclass(frozen=True)

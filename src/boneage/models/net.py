@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from boneage.config import ModelConfig
+from boneage.errors import UserError
+from boneage.models.pooling import set_pool_impl
 from boneage.models.registry import get_trunk
 
 
@@ -40,6 +42,8 @@ class BoneAgeNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trunk, width = get_trunk(cfg.arch)(in_chans)
+        if set_pool_impl(self.trunk, cfg.pool_impl) == 0 and cfg.pool_impl != "native":
+            raise UserError(f"model: pool_impl {cfg.pool_impl!r} is for inception_v3; {cfg.arch} has no such pools")
         self.head = SexHead(width, cfg)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision import models as tvm
+from torchvision.models import inception as tvi
 
+from boneage.models.pooling import PoolSwitch
 from boneage.models.registry import register_trunk
 
 
@@ -19,12 +21,46 @@ def _first_conv_channels(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
                      bias=conv.bias is not None)
 
 
+# torchvision's blocks with a switchable average pool (boneage.models.pooling): the same modules and parameters. Each
+# `_branches` is the block's `_forward` with the pool's result passed in (checked against torchvision's in tests).
+class _InceptionA(PoolSwitch, tvi.InceptionA):
+    def _branches(self, x: torch.Tensor, pooled: torch.Tensor) -> list[torch.Tensor]:
+        return [self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))), self.branch_pool(pooled)]
+
+
+class _InceptionC(PoolSwitch, tvi.InceptionC):
+    def _branches(self, x: torch.Tensor, pooled: torch.Tensor) -> list[torch.Tensor]:
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        b7dbl = self.branch7x7dbl_1(x)
+        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            b7dbl = conv(b7dbl)
+        return [self.branch1x1(x), b7, b7dbl, self.branch_pool(pooled)]
+
+
+class _InceptionE(PoolSwitch, tvi.InceptionE):
+    def _branches(self, x: torch.Tensor, pooled: torch.Tensor) -> list[torch.Tensor]:
+        b3 = self.branch3x3_1(x)
+        b3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        return [self.branch1x1(x), torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1),
+                torch.cat([self.branch3x3dbl_3a(b3dbl), self.branch3x3dbl_3b(b3dbl)], 1), self.branch_pool(pooled)]
+
+
+INCEPTION_BLOCKS = [tvi.BasicConv2d, _InceptionA, tvi.InceptionB, _InceptionC, tvi.InceptionD, _InceptionE,
+                    tvi.InceptionAux]
+
+
 class _Inception(nn.Module):
-    """torchvision's Inception v3 up to its global pool. No auxiliary classifier: the regression has one output."""
+    """torchvision's Inception v3 up to its global pool. No auxiliary classifier: the regression has one output.
+
+    Its A, C and E blocks take `pool_impl` (`boneage.models.pooling.set_pool_impl`); torchvision's F.avg_pool2d until
+    switched. Module names, parameters and their initialisation are torchvision's.
+    """
 
     def __init__(self, in_chans: int):
         super().__init__()
-        net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False)
+        net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False,
+                               inception_blocks=INCEPTION_BLOCKS)
         net.Conv2d_1a_3x3.conv = _first_conv_channels(net.Conv2d_1a_3x3.conv, in_chans)
         net.fc = nn.Identity()
         net.dropout = nn.Identity()

@@ -87,7 +87,8 @@ def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: i
             top = [{"error": f"{type(exc).__name__}: {exc}"[:200]}]
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "arch": cfg.model.arch, "image_size": cfg.preprocess.image_size, "batch_size": cfg.batch_size,
+        "arch": cfg.model.arch, "pool_impl": cfg.model.pool_impl, "image_size": cfg.preprocess.image_size,
+        "batch_size": cfg.batch_size,
         "precision": "bf16-mixed" if dev.type == "cuda" else "32-true", "compile": cfg.compile,
         "loader_images_per_s": round(loader_rate, 1),
         "train_images_per_s": round(imgs / t_train, 2),
