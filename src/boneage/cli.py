@@ -441,11 +441,11 @@ def cmd_export(args) -> int:
 
         result = export_onnx(models[0], args.out)
     elif len(models) > 1:
-        from boneage.inference.weights import export_ensemble
+        from boneage.inference.export import export_ensemble
 
         result = export_ensemble(models, args.out, args.storage, card)
     else:
-        from boneage.inference.weights import export_weights
+        from boneage.inference.export import export_weights
 
         result = export_weights(models[0], args.out, args.storage, card)
     print(json.dumps(result))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boneage.data.images import MAX_PIXELS, colour_fraction
+from boneage.data.pixels import MAX_PIXELS, colour_fraction
 from boneage.errors import UserError
 
 # Modalities that are certainly not a projection radiograph of a hand: refused by `boneage.quality`.

@@ -14,17 +14,14 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from boneage.data.pixels import MAX_PIXELS, colour_fraction
+from boneage.dicom import DicomImage, is_dicom, read_dicom
 from boneage.errors import UserError
 
-if TYPE_CHECKING:
-    from boneage.dicom import DicomImage
-
-MAX_PIXELS = 150_000_000  # decompression-bomb guard: ~12,000 x 12,000, far past any hand radiograph
 _WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # Pillow modes kept at their own bit depth
 
 
@@ -35,23 +32,6 @@ class Decoded:
     gray: np.ndarray  # float32 (H, W), bone bright, in the file's own scale (0..255, 0..65535, ...)
     colour_fraction: float | None = None  # colour files only: share of clearly coloured pixels (photos: high)
     dicom: DicomImage | None = None  # DICOM files only: the header facts (sex, age, dates...)
-
-
-def colour_fraction(rgb: np.ndarray) -> float:
-    """Share of pixels that are clearly coloured, on a <= ~256 px subsample of an (H, W, 3) array in any scale.
-
-    A pixel counts when its HSV saturation (max - min) / max exceeds 0.25 and it is not near black (max above 10% of
-    the image's brightest). Gray radiographs saved as RGB (JPEG chroma noise included) score ~0; photographs score high.
-    """
-    step = max(1, max(rgb.shape[:2]) // 256)
-    x = np.asarray(rgb[::step, ::step, :3], dtype=np.float32)
-    hi, lo = x.max(axis=2), x.min(axis=2)
-    top = float(hi.max()) if hi.size else 0.0
-    if top <= 0:
-        return 0.0
-    lit = hi > 0.1 * top
-    sat = (hi - lo) / np.maximum(hi, 1e-6)
-    return float(np.mean(lit & (sat > 0.25)))
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
@@ -93,16 +73,12 @@ def _head(data: bytes | Path) -> bytes:
 
 def read_image(data: bytes | Path | str, name: str | None = None) -> Decoded:
     """Any supported file or its bytes -> `Decoded`. DICOM is recognised by content or by a .dcm/.dicom suffix."""
-    from boneage.dicom import is_dicom
-
     name = name or ("<image bytes>" if isinstance(data, bytes) else str(data))
     source = data if isinstance(data, bytes) else Path(data)
     if isinstance(source, Path) and not source.is_file():
         raise UserError(f"{name}: no such file")
     suffix = Path(name).suffix.lower()
     if is_dicom(_head(source)) or suffix in (".dcm", ".dicom"):
-        from boneage.dicom import read_dicom  # pydicom only when a DICOM is actually read
-
         dcm = read_dicom(source, name)
         return Decoded(dcm.pixels, dcm.colour_fraction, dcm)
     try:

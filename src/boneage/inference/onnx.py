@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import boneage.inference.tta as tta_views
 from boneage.config import ModelSpec, Preprocess, to_dict
 from boneage.data.preprocess import preprocess_gray, to_model_input
 from boneage.errors import UserError
-from boneage.inference import tta as tta_views
 from boneage.inference.predictor import Predictor, default_model_path, load_model, load_torch
 
 OPSET = 17

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import boneage.inference.tta as tta_views
 from boneage.config import ModelSpec, Preprocess
 from boneage.data.images import load_image
 from boneage.data.preprocess import preprocess_gray
 from boneage.errors import UserError
-from boneage.inference import tta as tta_views
 from boneage.inference.weights import ENSEMBLE_FORMAT, FORMAT, unpack_state_dict
 from boneage.models import BoneAgeNet, create_model
 
