@@ -212,6 +212,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
         study_date: str | None = Form(None, description="YYYY-MM-DD"),
         heatmap: bool = Form(False, description="add a Grad-CAM overlay (PNG, base64 data URL)"),
         preview: bool = Form(False, description="add the radiograph as a PNG data URL, for display"),
+        chart: bool = Form(False, description="add the Greulich & Pyle chart with this film (needs an age), PNG"),
     ) -> dict:
         counts = Counter(key for key, _ in (await request.form()).multi_items())  # parsed once, cached by Starlette
         repeated = [f"{key} ({n} times)" for key, n in counts.items() if n > 1]
@@ -225,7 +226,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
         if not data:
             raise UserError(f"{file.filename or 'file'}: empty upload")
         inputs = Inputs(sex or None, chronological_age_months, birth_date or None, study_date or None, heatmap,
-                        preview)
+                        preview, chart)
         return await run_in_threadpool(admitted_report, data, file.filename or "upload", inputs)
 
     @app.get("/", include_in_schema=False)

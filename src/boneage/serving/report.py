@@ -26,6 +26,7 @@ class Inputs:
     study_date: str | None = None
     heatmap: bool = False
     preview: bool = False
+    chart: bool = False  # the film on the Greulich & Pyle chart (when the chronological age is known)
 
 
 def _png_b64(rgb_or_gray: np.ndarray) -> str:
@@ -87,5 +88,10 @@ class Reporter:
             out["heatmap_png"] = _png_b64(overlay_rgb(small.astype(np.float32), sal.map))
         if inputs.preview:
             out["preview_png"] = _png_b64(small)
+        if inputs.chart and "chronological_age_months" in out:
+            from boneage.chart import draw_chart
+
+            png = draw_chart([(out["chronological_age_months"], out["bone_age_months"], name)], prepared.male)
+            out["chart_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
         out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return out
