@@ -207,3 +207,13 @@ def test_inference_reads_the_model_spec_not_the_training_options(trained, tmp_pa
     torch.save(ckpt, tmp_path / "old.ckpt")
     model, spec, _ = load_model(tmp_path / "old.ckpt")
     assert spec.model.arch == "tiny_cnn" and spec.training["an_option_removed_long_ago"] == 3
+
+
+def test_predict_draws_the_films_on_the_reference_chart(trained, tmp_path):
+    out = tmp_path / "chart.png"
+    result = cli("predict", EXAMPLE, EXAMPLE, "--model", trained / "best.ckpt", "--sex", "M", "--age", 114,
+                 "--chart", out, "--no-checks")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    no_age = cli("predict", EXAMPLE, "--model", trained / "best.ckpt", "--sex", "M", "--chart", out, "--no-checks")
+    assert no_age.returncode == 2 and "--chart needs the chronological age" in no_age.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import threading
@@ -194,10 +195,13 @@ def test_out_of_range_age_is_a_400_and_age_outside_the_table_is_flagged(client):
     assert d["sds"]["sds"] is None and d["sds"]["flag"] == "above_reference"
 
 
-def test_heatmap_and_preview_are_png_data_urls(client):
-    d = _post(client, EXAMPLE.read_bytes(), "14471.jpg", sex="M", heatmap="true", preview="true").json()
-    for key in ("heatmap_png", "preview_png"):
+def test_heatmap_preview_and_chart_are_png_data_urls(client):
+    d = _post(client, EXAMPLE.read_bytes(), "14471.jpg", sex="M", heatmap="true", preview="true", chart="true",
+              chronological_age_months=114).json()
+    for key in ("heatmap_png", "preview_png", "chart_png"):
         assert d[key].startswith("data:image/png;base64,")
+    no_age = _post(client, EXAMPLE.read_bytes(), "14471.jpg", sex="M", chart="true").json()
+    assert "chart_png" not in no_age  # no chronological age, no point on the chart
 
 
 def test_concurrent_requests_all_succeed(client):
@@ -245,7 +249,9 @@ def test_web_page_in_a_real_browser(app, tmp_path):
             facts = page.inner_text("#facts")
             assert "Bone-age SDS" in facts and "Greulich" in facts
             assert page.eval_on_selector("#heat", "img => img.naturalWidth") > 0
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            assert page.eval_on_selector("#chart", "img => img.naturalWidth") > 0  # the child on the G&P chart
+            assert "±" in page.inner_text("#bone-age") and "Uncertainty" in facts
+            page.screenshot(path=str(os.environ.get("BONEAGE_PAGE_SHOT", tmp_path / "page.png")), full_page=True)
             page.set_input_files("#file", str(Path(__file__)))  # not an image: the page shows the reason
             page.click("#go")
             page.wait_for_selector("#error", state="visible", timeout=30_000)
