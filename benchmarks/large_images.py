@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadtest import ROOT, free_port  # noqa: E402
+from loadtest import ROOT, free_port, wait_until_up  # noqa: E402
 
 
 def status_mb(pid: int, key: str) -> float:
@@ -70,17 +70,8 @@ def main() -> int:
         return code, 1000 * (time.perf_counter() - t0)
 
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                print("server did not start:", server.stderr.read() if server.poll() is not None else "timeout")
-                return 1
-            time.sleep(0.2)
+        if not wait_until_up(server, base):
+            return 1
         post(normal, "hand.jpg", heatmap="true", preview="true")  # warm: model, grad-cam and imports loaded
         idle = status_mb(server.pid, "VmRSS")
 

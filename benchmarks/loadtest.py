@@ -29,6 +29,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(server: subprocess.Popen, base: str, seconds: float = 120) -> bool:
+    """Poll /health until the server answers; False (with the server's stderr printed) if it died or never did."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if time.time() > deadline or server.poll() is not None:
+            print("server did not start:", server.stderr.read() if server.poll() is not None else "timeout")
+            return False
+        time.sleep(0.2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=300)
@@ -45,17 +60,8 @@ def main() -> int:
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                print("server did not start:", server.stderr.read() if server.poll() is not None else "timeout")
-                return 1
-            time.sleep(0.2)
+        if not wait_until_up(server, base):
+            return 1
 
         data = Path(args.image).read_bytes()
         stop_at = time.time() + args.max_seconds
