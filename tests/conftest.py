@@ -13,7 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
+    import tempfile
+
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # ONNX conversions made by the default runtime land in a throwaway folder, not the user's ~/.cache
+    os.environ["BONEAGE_CACHE"] = tempfile.mkdtemp(prefix="boneage-test-cache-")
 
 
 @pytest.fixture(scope="session")

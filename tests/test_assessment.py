@@ -87,7 +87,10 @@ def test_the_cli_and_the_service_give_the_same_record(trained, capsys):
     from_cli = json.loads(result.stdout)
     # the service always checks: compare with the CLI's checked run too
     checked = json.loads(cli("predict", EXAMPLE, "--model", model, "--sex", "M", "--age", 114, "--json").stdout)
-    client = TestClient(create_app(Reporter(Predictor.load(model), lambda: Predictor.load(model))))
+    from boneage.inference.onnx import load_predictor
+
+    # the service's default predictor, as `boneage serve` builds it: the same runtime as the CLI's default
+    client = TestClient(create_app(Reporter(load_predictor(model, "auto"), lambda: Predictor.load(model))))
     r = client.post("/predict", files={"file": (str(EXAMPLE), EXAMPLE.read_bytes())},
                     data={"sex": "M", "chronological_age_months": "114"})
     assert r.status_code == 200, r.text

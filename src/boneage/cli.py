@@ -189,8 +189,9 @@ def add_predict(sub) -> None:
     p.add_argument("--labels", help="label CSV (any of the three RSNA layouts) giving each image's sex by its id "
                                     "(the file name without extension)")
     add_model_options(p)
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="onnx: ONNX Runtime (a .pt/.ckpt model is exported once into ~/.cache/boneage/onnx)")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: ONNX Runtime when installed (a .pt/.ckpt model is converted once into "
+                        "~/.cache/boneage/onnx), else PyTorch; PyTorch whenever --heatmap is asked for")
     g = p.add_argument_group("chronological age, for the bone-age SDS (Greulich & Pyle, Brush Foundation)")
     g.add_argument("--age", type=float, metavar="MONTHS", help="chronological age in months")
     g.add_argument("--dob", metavar="YYYY-MM-DD", help="date of birth")
@@ -227,8 +228,9 @@ def cmd_predict(args) -> int:
     from boneage.inference.onnx import load_predictor
 
     batch = args.out is not None or any(Path(p).is_dir() for p in args.images)
-    if args.heatmap and args.runtime != "torch":
+    if args.heatmap and args.runtime == "onnx":
         raise UserError("--heatmap needs --runtime torch (saliency takes gradients)")
+    runtime = "torch" if args.heatmap else args.runtime
     if args.heatmap and Path(args.heatmap).exists() and not Path(args.heatmap).is_dir():
         raise UserError(f"--heatmap {args.heatmap}: exists and is not a folder")
     if batch and not args.out:
@@ -245,7 +247,7 @@ def cmd_predict(args) -> int:
         sexes = [s if s is not None else m for s, m in zip(sexes, _sexes_from_labels(args.labels, films))]
     cases = [_case(f, s, args) for f, s in zip(films, sexes)]
     check_dates(cases[0])  # a malformed date fails before the model loads
-    predictor = load_predictor(args.model, args.runtime, tta=args.tta)
+    predictor = load_predictor(args.model, runtime, tta=args.tta, log=lambda m: print(f"boneage: {m}", file=sys.stderr))
 
     if batch:
         from boneage.batch import score
@@ -458,7 +460,8 @@ def add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     p.add_argument("--port", type=int, default=8000)
     add_model_options(p)
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: ONNX Runtime when installed (converted once, cached), else PyTorch")
     p.add_argument("--max-upload-mb", type=float, default=64.0)
     p.set_defaults(func=cmd_serve)
 

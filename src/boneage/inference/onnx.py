@@ -49,7 +49,7 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPSET) -> dict:
+def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPSET, log=None) -> dict:
     """Checkpoint or weights file -> ONNX file with the config in its metadata, checked in ONNX Runtime.
 
     Returns {"path", "bytes", "opset", "image_size", "max_abs_diff_months"} (the last: ONNX Runtime vs PyTorch on two
@@ -58,6 +58,8 @@ def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPS
     onnx = _need("onnx")
     model_path = Path(model_path) if model_path else default_model_path()
     model, spec, card = load_model(model_path)
+    if log:
+        log(f"converting {model_path.name} for ONNX Runtime once (~20 s for Inception v3), kept in {Path(out).parent}")
     pp = spec.preprocess
     x = torch.rand(2, 1, pp.image_size, pp.image_size, generator=torch.Generator().manual_seed(0))
     image, male = to_model_input(x, pp), torch.tensor([1.0, 0.0])
@@ -151,7 +153,7 @@ def cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
-def onnx_for(model: str | Path | None = None, cache: str | Path | None = None) -> Path:
+def onnx_for(model: str | Path | None = None, cache: str | Path | None = None, log=None) -> Path:
     """The ONNX file for a model: itself if it is one, else its export in the cache (made once, then reused)."""
     path = Path(model) if model else default_model_path()
     if path.suffix.lower() == ".onnx":
@@ -160,14 +162,24 @@ def onnx_for(model: str | Path | None = None, cache: str | Path | None = None) -
         load_model(path)  # raises the usual UserError (no shipped model / no such checkpoint)
     target = Path(cache or cache_dir()) / f"{file_sha256(path)[:24]}-v{EXPORT_VERSION}-opset{OPSET}.onnx"
     if not target.is_file():
-        export_onnx(path, target)
+        export_onnx(path, target, log=log)
     return target
 
 
+def onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def load_predictor(model=None, runtime: str = "torch", threads: int | None = None, cache: str | Path | None = None,
-                   tta: str = tta_views.DEFAULT, device: str = "cpu"):
-    """A predictor for `model` on runtime "torch" or "onnx": a path (None: BONEAGE_MODEL or the shipped model), or
-    a list of paths (an ensemble, pooled over members and test-time views)."""
+                   tta: str = tta_views.DEFAULT, device: str = "cpu", log=None):
+    """A predictor for `model` on runtime "torch", "onnx" or "auto": a path (None: BONEAGE_MODEL or the shipped
+    model), or a list of paths (an ensemble, pooled over members and test-time views).
+
+    "auto" is ONNX Runtime on the CPU when it is installed (the model runs near this CPU's compute floor there, at
+    about half of PyTorch's time: docs/benchmarks.md), PyTorch otherwise, on a GPU, or for a file ONNX cannot take
+    (an ensemble file)."""
     if isinstance(model, (list, tuple)):
         if len(model) > 1:
             from boneage.inference.ensemble import Ensemble
@@ -175,6 +187,14 @@ def load_predictor(model=None, runtime: str = "torch", threads: int | None = Non
             return Ensemble([load_predictor(m, runtime, threads, cache, tta, device) for m in model],
                             [str(m) for m in model])
         model = model[0] if model else None
+    if runtime == "auto":
+        if device == "cpu" and onnx_available():
+            try:
+                return OnnxPredictor(onnx_for(model, cache, log), threads, tta)
+            except UserError as exc:
+                if "ensemble" not in str(exc):
+                    raise
+        runtime = "torch"
     if runtime == "torch":
         if model and Path(model).suffix.lower() == ".onnx":
             raise UserError(f"{model}: an ONNX file needs --runtime onnx")
@@ -182,5 +202,5 @@ def load_predictor(model=None, runtime: str = "torch", threads: int | None = Non
             torch.set_num_threads(threads)
         return load_torch(model, device=device, tta=tta)
     if runtime == "onnx":
-        return OnnxPredictor(onnx_for(model, cache), threads, tta)
-    raise UserError(f"unknown runtime {runtime!r}; expected torch or onnx")
+        return OnnxPredictor(onnx_for(model, cache, log), threads, tta)
+    raise UserError(f"unknown runtime {runtime!r}; expected auto, torch or onnx")

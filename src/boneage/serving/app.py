@@ -236,7 +236,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
     return app
 
 
-def build(model=None, runtime: str = "torch", max_upload_mb: float = 64.0, tta: str = "flip") -> FastAPI:
+def build(model=None, runtime: str = "auto", max_upload_mb: float = 64.0, tta: str = "flip") -> FastAPI:
     """model: a path, a list of paths (an ensemble) or None (the shipped model)."""
     from boneage.inference.onnx import load_predictor
 
