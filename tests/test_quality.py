@@ -228,6 +228,75 @@ def test_drawn_hands_pass_and_their_inverses_do_not():
             check_image(255 - hand, f"inverted{seed}")
 
 
+# ----------------------------------------------------------------------------------- films inside a padded border
+def framed(film: np.ndarray, border: str = "uniform", level: float = 150.0, scale: float = 1.3) -> np.ndarray:
+    """An 8-bit film on a canvas `scale` times its size, off centre, in a mid-gray border: one gray level, shaded
+    (a linear ramp, a vignette) or with a viewer's burned-in text in the corners."""
+    h, w = film.shape
+    H, W = int(h * scale), int(w * scale)
+    yy, xx = np.mgrid[0:H, 0:W] / np.array([H, W], np.float32)[:, None, None]
+    canvas = np.full((H, W), level, np.float32)
+    if border == "gradient":
+        canvas += 25 * (yy + xx - 1)
+    elif border == "vignette":
+        canvas -= 40 * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2)
+    elif border == "text":
+        page = Image.fromarray(canvas.astype(np.uint8))
+        draw = ImageDraw.Draw(page)
+        for y in (3, 15, H - 28, H - 15):
+            draw.text((3, y), "ACC 12345 HAND PA", fill=255)
+            draw.text((W - 110, y), "W 4095 L 2047", fill=255)
+        canvas = np.asarray(page, np.float32).copy()
+    top, left = (H - h) // 3, 2 * (W - w) // 3
+    canvas[top:top + h, left:left + w] = film
+    return np.round(canvas)
+
+
+BORDERS = [("uniform", 128.0), ("uniform", 180.0), ("gradient", 150.0), ("vignette", 160.0), ("text", 140.0)]
+
+
+@pytest.mark.parametrize(("border", "level"), BORDERS)
+def test_a_film_in_a_gray_border_passes_and_inverted_is_refused(border, level):
+    for seed in range(3):
+        film = np.round(hand_phantom(300, 240, seed) * 255)
+        assert check_image(framed(film, border, level), f"framed{seed}") == []
+        assert refusal(255 - framed(film, border, level)).startswith("probably inverted")  # inverted, frame and all
+        assert refusal(framed(255 - film, border, level)).startswith("probably inverted")  # an inverted film framed
+
+
+@pytest.mark.parametrize(("border", "level"), BORDERS[:4])  # text drawn on a 128 px canvas is not a viewer's text
+def test_the_trim_cuts_a_gray_border_to_the_film(border, level):
+    from boneage.quality import INVERTED_WARN, _trim
+
+    film = np.round(hand_phantom(100, 80, 1) * 255)
+    canvas = framed(film, border, level, scale=1.28)  # 128 x 102, the film at rows 9-109, columns 14-94
+    assert np.array_equal(_trim(canvas), film)
+    assert inverted_score(image_features(framed(film, border, level))) < INVERTED_WARN
+
+
+def test_real_films_in_a_gray_border_pass_and_inverted_are_refused():
+    """20 RSNA radiographs (when ../shared has them), each in each border: the issue's 'refused as inverted'."""
+    from tests.conftest import SHARED
+
+    folder = SHARED / "boneage-training-dataset"
+    if not folder.is_dir():
+        pytest.skip(f"no RSNA data at {SHARED}")
+    files = sorted(folder.glob("*.jpg"))[::600][:20]
+    answered = refused = total = 0
+    for path in files:
+        film = np.asarray(Image.open(path).convert("L"), np.float32)
+        for border, level in BORDERS:
+            total += 1
+            try:
+                answered += not any("inverted" in w for w in check_image(framed(film, border, level), path.name))
+            except UserError:
+                pass
+            with pytest.raises(UserError) as err:
+                check_image(255 - framed(film, border, level), path.name)
+            refused += "probably inverted" in str(err.value)
+    assert total == 100 and answered >= 97 and refused >= 97, (answered, refused)
+
+
 def test_cli_check_refuses_with_the_reason(tmp_path, capsys):
     from boneage.cli import main
 
