@@ -53,7 +53,7 @@ class Prepared:
 
     case: Case
     gray: np.ndarray
-    pixels: np.ndarray  # uint8 (S, S): the model's input
+    pixels: np.ndarray | None  # uint8 (S, S): the model's input, once prepared
     male: bool
     sex_source: str
     age_months: float | None
@@ -112,6 +112,13 @@ def check_dates(case: Case) -> None:
 
 def prepare(case: Case, predictor) -> Prepared:
     """Read, check, resolve sex and age, preprocess. Raises `UserError` (naming the film) on any refusal."""
+    p = read(case)
+    p.pixels = predictor.prepare(p.gray)
+    return p
+
+
+def read(case: Case) -> Prepared:
+    """Everything but the preprocessing, which needs the model's settings: a refusal comes before any model work."""
     from boneage.data.images import read_image
     from boneage.quality import read_checked
 
@@ -126,7 +133,7 @@ def prepare(case: Case, predictor) -> Prepared:
         warnings = list(dicom.notes) if dicom is not None else []
     male, sex_source = resolve_sex(case.sex, dicom, name)
     age, age_source = resolve_age(case, dicom, name, warnings)
-    return Prepared(case, gray, predictor.prepare(gray), male, sex_source, age, age_source, warnings, dicom)
+    return Prepared(case, gray, None, male, sex_source, age, age_source, warnings, dicom)
 
 
 def uncertain_threshold(predictor) -> float:
@@ -179,7 +186,9 @@ def predict_prepared(predictor, prepared: list[Prepared], batch_size: int = 16) 
     return out
 
 
-def assess(case: Case, predictor) -> tuple[dict, Prepared]:
-    """One case -> (record, what was prepared: for a heatmap or a preview)."""
-    p = prepare(case, predictor)
+def assess(case: Case | Prepared, predictor) -> tuple[dict, Prepared]:
+    """One case (or one already `read`) -> (record, what was prepared: for a heatmap or a preview)."""
+    p = prepare(case, predictor) if isinstance(case, Case) else case
+    if p.pixels is None:
+        p.pixels = predictor.prepare(p.gray)
     return report(p, predict_prepared(predictor, [p])[0], predictor), p

@@ -247,6 +247,10 @@ def cmd_predict(args) -> int:
         sexes = [s if s is not None else m for s, m in zip(sexes, _sexes_from_labels(args.labels, films))]
     cases = [_case(f, s, args) for f, s in zip(films, sexes)]
     check_dates(cases[0])  # a malformed date fails before the model loads
+    if not batch:  # single films: a refused one fails before the model is loaded (or converted)
+        from boneage.assessment import read
+
+        cases = [read(case) for case in cases]
     predictor = load_predictor(args.model, runtime, tta=args.tta, log=lambda m: print(f"boneage: {m}", file=sys.stderr))
 
     if batch:
@@ -262,6 +266,7 @@ def cmd_predict(args) -> int:
     points = []
     for i, case in enumerate(cases):
         record, prepared = assess(case, predictor)
+        case = prepared.case
         for w in record["warnings"]:
             print(f"boneage: warning: {case.label}: {w}", file=sys.stderr)
         if args.heatmap:
