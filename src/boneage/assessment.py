@@ -52,7 +52,7 @@ class Prepared:
     """A case read, checked and preprocessed, waiting for the model."""
 
     case: Case
-    gray: np.ndarray
+    gray: np.ndarray | None  # the decoded film (None once only the model's input is needed)
     pixels: np.ndarray | None  # uint8 (S, S): the model's input, once prepared
     male: bool
     sex_source: str
@@ -60,6 +60,7 @@ class Prepared:
     age_source: str | None
     warnings: list[str] = field(default_factory=list)
     dicom: object | None = None  # boneage.dicom.DicomImage
+    shape: tuple[int, int] = (0, 0)  # the film's (height, width), as decoded
 
 
 def resolve_sex(value: str | bool | None, dicom, name: str) -> tuple[bool, str]:
@@ -133,20 +134,17 @@ def read(case: Case) -> Prepared:
         warnings = list(dicom.notes) if dicom is not None else []
     male, sex_source = resolve_sex(case.sex, dicom, name)
     age, age_source = resolve_age(case, dicom, name, warnings)
-    return Prepared(case, gray, None, male, sex_source, age, age_source, warnings, dicom)
+    return Prepared(case, gray, None, male, sex_source, age, age_source, warnings, dicom, gray.shape)
 
 
 def uncertain_threshold(predictor) -> float:
     """Spread (months) above which an answer is flagged: the model card's calibrated figure, else a default."""
-    card = getattr(predictor, "card", None) or {}
-    return float(card.get("uncertain_above_months") or DEFAULT_UNCERTAIN_MONTHS)
+    return float(predictor.card.get("uncertain_above_months") or DEFAULT_UNCERTAIN_MONTHS)
 
 
 def model_info(predictor) -> dict:
-    card = getattr(predictor, "card", None) or {}
-    return {"arch": predictor.spec.model.arch, "members": getattr(predictor, "members", 1),
-            "views": predictor.tta, "runtime": predictor.runtime,
-            "validation_mad_months": card.get("validation_mad_months")}
+    return {"arch": predictor.spec.model.arch, "members": predictor.members, "views": predictor.tta,
+            "runtime": predictor.runtime, "validation_mad_months": predictor.card.get("validation_mad_months")}
 
 
 def report(p: Prepared, answers: np.ndarray, predictor) -> dict:
@@ -159,7 +157,7 @@ def report(p: Prepared, answers: np.ndarray, predictor) -> dict:
     if spread > limit:
         warnings.append(f"uncertain: the answers of the model's views disagree by ±{spread:.1f} months (flagged "
                         f"above ±{limit:.1f}); check the film and read the bone age with care")
-    h, w = p.gray.shape
+    h, w = p.shape
     record: dict = {
         "image": p.case.label, "width": w, "height": h,
         "sex": "M" if p.male else "F", "sex_source": p.sex_source,

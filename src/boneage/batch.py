@@ -61,7 +61,7 @@ def _prepared(cases: list[Case], predictor, workers: int) -> Iterator[Prepared |
     def one(case: Case):
         try:
             p = prepare(case, predictor)
-            p.gray = p.gray[:1, :1] if p.gray.size > 1 else p.gray  # only its shape is reported: free the pixels
+            p.gray = None  # the model's input is all that is left to use: free the film while it waits
             return p
         except UserError as exc:
             return case, str(exc)

@@ -2,9 +2,11 @@
 
 A film's margins, padding, framing and the hand's position carry no information about bone age, yet a network fed the
 whole film squeezed to a square sees the hand larger or smaller, here or there, as they vary. Cutting to the hand
-first removes that. The box is found on a small, smoothed copy (noise and JPEG artefacts do not move it) by a
-threshold halfway between the background and Otsu's bone/soft-tissue split, closed so that bones separated by
-joint spaces form one region; the largest such region is the hand (side markers and labels are smaller).
+first removes that. The box is found on a small, smoothed, rank-normalised copy (noise, JPEG artefacts and exposure do
+not move it): pixels brighter than a threshold between the background and Otsu's split, or on a sharp edge (a dim
+finger on a vignetted film), closed so that bones separated by joint spaces form one region. The largest region and
+any at least `KEEP` of its size are the hand (side markers and labels are smaller); a box under `MIN_BOX` of the film
+keeps the whole film.
 
 Cutting a stretched copy of a film to the box and stretching again gives the same pixels, scale for scale, as cutting
 the original and stretching once: resizing is separable per axis. So a model trained on the squeezed RSNA copies sees

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from boneage.config import Preprocess, to_dict
-from boneage.data.crop import hand_box
+from boneage.data.crop import crop_to_hand
 from boneage.data.images import load_image
 from boneage.data.labels import read_labels
 from boneage.data.preprocess import preprocess_gray
@@ -74,11 +74,6 @@ def _scale(gray: np.ndarray, factor: float) -> np.ndarray:
                       dtype=np.float32)
 
 
-def _hand(gray: np.ndarray) -> np.ndarray:
-    top, bottom, left, right = hand_box(gray)
-    return gray[top:bottom, left:right]
-
-
 FAMILIES: dict[str, dict[str, Change]] = {
     "re-encoding": {
         "JPEG 70": lambda g: _encode(g, "JPEG", quality=70),
@@ -103,7 +98,7 @@ FAMILIES: dict[str, dict[str, Change]] = {
         "to bottom right": lambda g: _canvas(g, 0.2, (1.0, 1.0)),
         "to top right": lambda g: _canvas(g, 0.2, (0.0, 1.0)),
     },
-    "cut to the hand": {"hand only": _hand},
+    "cut to the hand": {"hand only": crop_to_hand},
     "exposure": {
         "contrast x0.5": lambda g: g * 0.5 + 64,
         "brightness +30": lambda g: np.clip(g + 30, 0, 255),

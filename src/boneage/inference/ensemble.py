@@ -23,10 +23,11 @@ class Ensemble:
         self.parts = members
         self.spec, self.tta, self.runtime = first.spec, first.tta, first.runtime
         self.members = len(members)
-        maps = [m.card.get("validation_mad_months") for m in members]
+        # An ensemble's own MAD is not any member's: it is known only from a card packed with it (`export`).
         self.card = {"members": [m.card for m in members], "uncertain_above_months":
                      max((m.card.get("uncertain_above_months") or 0) for m in members) or None,
-                     "validation_mad_months": None if len(members) > 1 else maps[0]}
+                     "validation_mad_months": members[0].card.get("validation_mad_months") if len(members) == 1
+                     else None}
 
     @property
     def preprocess(self):

@@ -26,7 +26,7 @@ import boneage.inference.tta as tta_views
 from boneage.config import ModelSpec, Preprocess, to_dict
 from boneage.data.preprocess import preprocess_gray, to_model_input
 from boneage.errors import UserError
-from boneage.inference.predictor import Predictor, default_model_path, load_model, load_torch
+from boneage.inference.predictor import EnsembleFile, Predictor, default_model_path, load_model, load_torch
 
 OPSET = 17
 EXPORT_VERSION = 1  # part of the cache key: bump when the exported graph changes
@@ -191,9 +191,8 @@ def load_predictor(model=None, runtime: str = "torch", threads: int | None = Non
         if device == "cpu" and onnx_available():
             try:
                 return OnnxPredictor(onnx_for(model, cache, log), threads, tta)
-            except UserError as exc:
-                if "ensemble" not in str(exc):
-                    raise
+            except EnsembleFile:  # ONNX takes one network: the ensemble runs on PyTorch
+                pass
         runtime = "torch"
     if runtime == "torch":
         if model and Path(model).suffix.lower() == ".onnx":

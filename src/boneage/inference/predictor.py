@@ -40,12 +40,16 @@ def _read(path: Path) -> dict:
         raise UserError(f"{path}: not a boneage checkpoint ({first[:160]})") from None
 
 
+class EnsembleFile(UserError):
+    """A file that packs several models where one is needed (`load_predictor` then takes it as an ensemble)."""
+
+
 def load_model(path: str | Path | None = None) -> tuple[BoneAgeNet, ModelSpec, dict]:
     """-> (network in eval mode on the CPU, its spec (network and preprocessing), its model card or {})."""
     path = Path(path) if path else default_model_path()
     ckpt = _read(path)
     if isinstance(ckpt, dict) and ckpt.get("format") == ENSEMBLE_FORMAT:
-        raise UserError(f"{path}: an ensemble of {len(ckpt.get('members', []))} models; this needs one model "
+        raise EnsembleFile(f"{path}: an ensemble of {len(ckpt.get('members', []))} models; this needs one model "
                         "(`boneage predict/evaluate/serve` take ensembles)")
     return model_from_checkpoint(ckpt, path)
 
