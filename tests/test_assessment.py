@@ -186,6 +186,43 @@ def test_an_ensemble_reports_its_members_and_their_spread(two_models, tmp_path):
     assert packed["bone_age_months"] == pytest.approx(both["bone_age_months"], abs=0.05)
 
 
+def test_averaging_two_runs_gives_one_network_halfway_between_them(two_models, tmp_path):
+    """`export --average` (a model soup): one network, each weight the mean of the runs'; a network of another shape
+    is refused with one line."""
+    import torch
+
+    from boneage.inference.predictor import load_model
+
+    a, b = two_models
+    result = cli("export", "--model", a, "--model", b, "--average", "--out", tmp_path / "soup.pt", "--storage",
+                 "float32")
+    assert result.returncode == 0, result.stderr
+    soup, wa, wb = (load_model(p)[0].state_dict() for p in (tmp_path / "soup.pt", a, b))
+    name = next(k for k, v in wa.items() if v.is_floating_point() and v.dim() > 1)
+    assert not torch.allclose(wa[name], wb[name])
+    assert torch.allclose(soup[name], (wa[name] + wb[name]) / 2, atol=1e-6)
+    one = json.loads(cli("predict", EXAMPLE, "--model", tmp_path / "soup.pt", "--sex", "M", "--json", "--no-checks",
+                         "--tta", "none").stdout)
+    assert one["model"]["members"] == 1
+
+
+def test_runs_of_different_networks_do_not_average(two_models, tmp_path):
+    import torch
+
+    from boneage.config import to_dict
+    from boneage.inference.predictor import load_model
+    from boneage.inference.weights import make_weights_file
+
+    a, _ = two_models
+    model, spec, _ = load_model(a)
+    other = to_dict(spec)
+    other["preprocess"]["image_size"] = 2 * other["preprocess"]["image_size"]
+    torch.save(make_weights_file(model.state_dict(), other, "float32"), tmp_path / "big.pt")
+    result = cli("export", "--model", a, "--model", tmp_path / "big.pt", "--average", "--out", tmp_path / "x.pt")
+    assert result.returncode == 2 and "only runs of one network average" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.pt").exists()
+
+
 def test_an_unusually_uncertain_answer_is_flagged(trained):
     from boneage.assessment import Prepared, report
     from boneage.inference.predictor import Predictor

@@ -432,6 +432,9 @@ def add_export(sub) -> None:
     p.add_argument("--out", required=True, help="FILE.pt or FILE.onnx")
     p.add_argument("--storage", choices=["int8", "float16", "float32"], default="int8", help="for .pt")
     p.add_argument("--card", help="JSON model card to embed (for .pt)")
+    p.add_argument("--average", action="store_true",
+                   help="with several runs of one network: one network of their averaged weights (a model soup), "
+                        "instead of an ensemble")
     p.set_defaults(func=cmd_export)
 
 
@@ -447,6 +450,10 @@ def cmd_export(args) -> int:
         from boneage.inference.onnx import export_onnx
 
         result = export_onnx(models[0], args.out)
+    elif len(models) > 1 and args.average:
+        from boneage.inference.export import export_average
+
+        result = export_average(models, args.out, args.storage, card)
     elif len(models) > 1:
         from boneage.inference.export import export_ensemble
 

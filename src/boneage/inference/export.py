@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from boneage.config import to_dict
+from boneage.errors import UserError
 from boneage.inference.predictor import load_model
 from boneage.inference.weights import ENSEMBLE_FORMAT, make_weights_file
 
@@ -40,3 +41,29 @@ def export_ensemble(model_paths, out, storage: str = "int8", card: dict | None =
     data = {"format": ENSEMBLE_FORMAT, "members": members, "card": card or {}}
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "members": len(members)}
+
+
+def export_average(model_paths, out, storage: str = "int8", card: dict | None = None) -> dict:
+    """Several runs of one network -> one network with their weights averaged (a "model soup").
+
+    Runs that started from the same weights (two warm restarts of one model) stay in one basin of the loss, so their
+    average is usually as good as the better run, and sometimes as good as both as an ensemble, at the size and speed
+    of one network. Runs from scratch do not average: measure the result (`boneage evaluate`) before shipping it.
+    Batch-norm running statistics are averaged too, which is close to, not the same as, re-estimating them."""
+    models = [load_model(path) for path in model_paths]
+    _, first_spec, first_card = models[0]
+    for path, (_, spec, _) in zip(model_paths[1:], models[1:]):
+        if spec.model != first_spec.model or spec.preprocess != first_spec.preprocess:
+            raise UserError(f"{path}: a different network or preprocessing than {model_paths[0]}; "
+                            "only runs of one network average")
+    states = [model.state_dict() for model, _, _ in models]
+    average = {}
+    for name, t in states[0].items():
+        if t.is_floating_point():
+            average[name] = torch.stack([s[name].float() for s in states]).mean(0).to(t.dtype)
+        else:  # counters (batch norm's num_batches_tracked): not an average of anything
+            average[name] = max((s[name] for s in states), key=lambda v: int(v.max()) if v.numel() else 0)
+    card = card if card is not None else dict(first_card or {}, averaged_from=[str(p) for p in model_paths])
+    data = make_weights_file(average, to_dict(first_spec), storage, card)
+    out = _save(data, out)
+    return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "averaged": len(models)}
