@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,13 @@ def test_contrast_gamma_and_shift_barely_move_predictions(trained, synthetic):
     for change in (lambda g: g * 0.5, lambda g: np.clip(g + 30, 0, 255), lambda g: 255 * (g / 255) ** 0.7):
         moved = predictor.predict_batch(np.stack([predictor.prepare(change(g)) for g in grays]), male)
         assert np.mean(np.abs(moved - base)) < 0.2 * max(mad, 1.0)
+
+
+def test_every_shipped_recipe_is_a_valid_configuration():
+    """A typo in a recipe would only show on a GPU machine, where minutes are scarce: catch it here."""
+    from boneage.config import read_json, train_config_from_dict
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.json"))
+    assert recipes
+    for path in recipes:
+        train_config_from_dict(read_json(path)).validate()

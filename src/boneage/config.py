@@ -150,6 +150,12 @@ class TrainConfig:
     rotate_deg: float = 0.0  # affine augmentation, off in the poster's recipe
     scale: float = 0.0
     translate: float = 0.0
+    # Degradations, off in the poster's recipe: half of each batch at a resolution up to `low_res` lower, a Gaussian
+    # blur of sigma up to `blur` pixels, noise of SD up to `noise` (on the [0, 1] scale) - so that re-saving, scanning
+    # or a noisier detector does not move the answer.
+    low_res: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
     # hardware
     accelerator: str = "auto"
     devices: str = "auto"
@@ -178,6 +184,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: {name} must be at least 1")
+        if self.low_res >= 1:
+            raise UserError(f"config: low_res must be below 1, not {self.low_res:g}")
         if not 0 <= self.balance <= 1:
             raise UserError(f"config: balance must be between 0 and 1, not {self.balance}")
 
@@ -189,6 +197,7 @@ _NUMBER_RANGES = (
     ("weight_decay", 0, True), ("plateau_factor", 0, False), ("plateau_patience", 0, True),
     ("plateau_cooldown", 0, True), ("min_lr", 0, True), ("warmup_epochs", 0, True), ("contrast", 0, True),
     ("brightness", 0, True), ("gamma", 0, True), ("rotate_deg", 0, True), ("scale", 0, True), ("translate", 0, True),
+    ("low_res", 0, True), ("blur", 0, True), ("noise", 0, True),
     ("num_nodes", 1, True), ("num_workers", 0, True), ("max_minutes", 0, False), ("checkpoint_every", 1, True),
     ("val_fraction", 0, False),
 )

@@ -1,4 +1,5 @@
-"""Augmentation of whole batches on the training device: flips, intensity (contrast, brightness, gamma), affine.
+"""Augmentation of whole batches on the training device: flips, affine, intensity (contrast, brightness, gamma), and the
+degradations a film picks up between the X-ray tube and our input (a lower resolution, blur, sensor noise).
 
 Works on float images in [0, 1], shape (B, 1, H, W), before standardisation. One random draw per image, no Python
 loop over samples.
@@ -53,8 +54,49 @@ def affine(x: torch.Tensor, rotate_deg: float, scale: float, translate: float) -
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def low_resolution(x: torch.Tensor, low_res: float) -> torch.Tensor:
+    """Half the batch (drawn per image) seen at a resolution lower by a factor from [1 - low_res, 1] (one per batch),
+    then brought back to the input's size: a film scanned coarsely, or a small copy enlarged."""
+    size = x.shape[-2:]
+    factor = float(torch.empty(()).uniform_(1 - low_res, 1.0))
+    small = [max(8, round(s * factor)) for s in size]
+    coarse = F.interpolate(F.interpolate(x, size=small, mode="bilinear", antialias=True, align_corners=False),
+                           size=size, mode="bilinear", align_corners=False)
+    return torch.where(torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5, coarse, x)
+
+
+def gaussian_blur(x: torch.Tensor, blur: float) -> torch.Tensor:
+    """Each image blurred by a Gaussian of its own sigma from [0, blur] pixels: one grouped, separable convolution."""
+    n = x.shape[0]
+    radius = max(1, math.ceil(3 * blur))
+    sigma = torch.empty(n, 1, device=x.device, dtype=x.dtype).uniform_(0, blur).clamp_min(1e-3)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)  # (n, 2r+1); sigma ~0 gives the identity
+    y = F.pad(x.transpose(0, 1), (radius, radius, radius, radius), mode="replicate")  # (1, n, H + 2r, W + 2r)
+    y = F.conv2d(y, k[:, None, None, :], groups=n)
+    y = F.conv2d(y, k[:, None, :, None], groups=n)
+    return y.transpose(0, 1)
+
+
+def sensor_noise(x: torch.Tensor, noise: float) -> torch.Tensor:
+    """Gaussian noise of a standard deviation drawn per image from [0, noise] (on the [0, 1] scale).
+
+    Why: a model trained only on clean, compressed copies read noise as age (issue 10: one gray level of noise moved
+    some answers by years), and every detector and every re-encoding brings its own."""
+    std = _uniform(x.shape[0], 0.0, noise, x)
+    return (x + torch.randn_like(x) * std).clamp(0.0, 1.0)
+
+
 def augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     x = flips(x, cfg.hflip, cfg.vflip)
     if cfg.rotate_deg or cfg.scale or cfg.translate:
         x = affine(x, cfg.rotate_deg, cfg.scale, cfg.translate)
-    return intensity(x, cfg.contrast, cfg.brightness, cfg.gamma)
+    x = intensity(x, cfg.contrast, cfg.brightness, cfg.gamma)
+    if cfg.low_res:
+        x = low_resolution(x, cfg.low_res)
+    if cfg.blur:
+        x = gaussian_blur(x, cfg.blur)
+    if cfg.noise:
+        x = sensor_noise(x, cfg.noise)
+    return x
