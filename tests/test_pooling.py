@@ -136,3 +136,32 @@ def test_bench_takes_the_implementation_and_refuses_an_unknown_one():
     assert build_parser().parse_args([*bench, "--pool-impl", "sum"]).pool_impl == "sum"
     with pytest.raises(SystemExit):
         build_parser().parse_args([*bench, "--pool-impl", "fast"])
+
+
+def test_train_takes_the_speed_settings():
+    from boneage.cli import build_parser
+
+    train = ["train", "--images", "DIR", "--labels", "CSV"]
+    args = build_parser().parse_args([*train, "--pool-impl", "sum", "--no-channels-last"])
+    assert args.pool_impl == "sum" and args.channels_last is False
+    assert build_parser().parse_args(train).channels_last is None  # the recipe's setting stands
+
+
+def test_exported_weights_carry_the_reference_pools_and_runs_of_either_average(tmp_path):
+    """pool_impl is a training speed setting: weights leave in the form that runs everywhere (ONNX included), and a
+    run with the fast pools averages with one with the native pools."""
+    from boneage.config import ModelSpec, Preprocess, to_dict
+    from boneage.inference.export import export_average, export_weights
+    from boneage.inference.predictor import load_model
+    from boneage.inference.weights import make_weights_file
+
+    files = []
+    for impl in ("sum", "native"):
+        spec = ModelSpec(ModelConfig(arch="inception_v3", pool_impl=impl), Preprocess(image_size=75))
+        net = create_model(arch="inception_v3", pool_impl=impl)
+        files.append(tmp_path / f"{impl}.pt")
+        torch.save(make_weights_file(net.state_dict(), to_dict(spec), "float16"), files[-1])
+    export_weights(files[0], tmp_path / "out.pt", "float16")
+    assert load_model(tmp_path / "out.pt")[1].model.pool_impl == "native"
+    export_average(files, tmp_path / "soup.pt", "float16")
+    assert load_model(tmp_path / "soup.pt")[1].model.pool_impl == "native"

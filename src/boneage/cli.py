@@ -60,6 +60,10 @@ def add_train(sub) -> None:
     g.add_argument("--num-nodes", type=int)
     g.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed (default: bf16-mixed on GPUs)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    g.add_argument("--pool-impl", choices=POOL_IMPLS,
+                   help="how inception_v3 computes its 3x3 average pools: the same function, a speed setting")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory layout (default: on)")
     g.add_argument("--workers", type=int, dest="num_workers", help="loader processes when the data stays on CPU")
     g.add_argument("--max-minutes", type=float, help="stop and save after this much wall time")
     g.add_argument("--checkpoint-every", type=int, help="epochs between last.ckpt saves")
@@ -81,8 +85,9 @@ def cmd_train(args) -> int:
             settings = merge(settings, read_json(args.config))
         flat = {k: v for k, v in vars(args).items() if v is not None and k in settings}
         settings = merge(settings, flat)
-        if args.arch:
-            settings["model"]["arch"] = args.arch
+        for key in ("arch", "pool_impl"):
+            if getattr(args, key) is not None:
+                settings["model"][key] = getattr(args, key)
         for key in ("image_size", "intensity", "crop"):
             if getattr(args, key) is not None:
                 settings["preprocess"][key] = getattr(args, key)

@@ -14,6 +14,14 @@ from boneage.inference.predictor import load_model
 from boneage.inference.weights import ENSEMBLE_FORMAT, make_weights_file
 
 
+def _portable(spec) -> dict:
+    """The spec as saved in a weights file: the pools in their reference form. `pool_impl` is a training speed setting
+    (the same function), and the reference runs everywhere, ONNX included."""
+    data = to_dict(spec)
+    data["model"]["pool_impl"] = "native"
+    return data
+
+
 def _save(data: dict, out) -> Path:
     """Written to a temporary name, then renamed: an interrupted export never leaves half a file under the name."""
     out = Path(out)
@@ -27,7 +35,7 @@ def _save(data: dict, out) -> Path:
 def export_weights(model_path, out, storage: str = "int8", card: dict | None = None) -> dict:
     """A training checkpoint (or weights file) -> a compact weights file. Returns {"path", "bytes", "storage"}."""
     model, spec, old_card = load_model(model_path)
-    data = make_weights_file(model.state_dict(), to_dict(spec), storage, card if card is not None else old_card)
+    data = make_weights_file(model.state_dict(), _portable(spec), storage, card if card is not None else old_card)
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage}
 
@@ -37,7 +45,7 @@ def export_ensemble(model_paths, out, storage: str = "int8", card: dict | None =
     members = []
     for path in model_paths:
         model, spec, member_card = load_model(path)
-        members.append(make_weights_file(model.state_dict(), to_dict(spec), storage, member_card))
+        members.append(make_weights_file(model.state_dict(), _portable(spec), storage, member_card))
     data = {"format": ENSEMBLE_FORMAT, "members": members, "card": card or {}}
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "members": len(members)}
@@ -53,7 +61,7 @@ def export_average(model_paths, out, storage: str = "int8", card: dict | None = 
     models = [load_model(path) for path in model_paths]
     _, first_spec, first_card = models[0]
     for path, (_, spec, _) in zip(model_paths[1:], models[1:]):
-        if spec.model != first_spec.model or spec.preprocess != first_spec.preprocess:
+        if _portable(spec)["model"] != _portable(first_spec)["model"] or spec.preprocess != first_spec.preprocess:
             raise UserError(f"{path}: a different network or preprocessing than {model_paths[0]}; "
                             "only runs of one network average")
     states = [model.state_dict() for model, _, _ in models]
@@ -64,6 +72,6 @@ def export_average(model_paths, out, storage: str = "int8", card: dict | None = 
         else:  # counters (batch norm's num_batches_tracked): not an average of anything
             average[name] = max((s[name] for s in states), key=lambda v: int(v.max()) if v.numel() else 0)
     card = card if card is not None else dict(first_card or {}, averaged_from=[str(p) for p in model_paths])
-    data = make_weights_file(average, to_dict(first_spec), storage, card)
+    data = make_weights_file(average, _portable(first_spec), storage, card)
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "averaged": len(models)}
