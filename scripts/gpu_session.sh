@@ -102,14 +102,14 @@ ba export --model "$WORK/eager/best.ckpt" --model "$WORK/fast/best.ckpt" --avera
   --out "$WORK/soup.pt" >>"$OUT/log.txt" 2>&1 || log "no soup: $?"
 for name in eager fast soup; do
   model=$WORK/$name/best.ckpt; [ "$name" = soup ] && model=$WORK/soup.pt
-  [ -f "$model" ] && evaluate "$name" "$model" flip
+  [ -f "$model" ] && evaluate "$name" "$model" flip --out "$R/eval-$name"
 done
 evaluate shipped src/boneage/weights/boneage-reference.pt flip
 BEST=$(for name in eager fast soup; do echo "$(mad "$R/eval-$name-flip.json") $name"; done | sort -n | head -1 | cut -d' ' -f2)
 BEST_MODEL=$WORK/$BEST/best.ckpt; [ "$BEST" = soup ] && BEST_MODEL=$WORK/soup.pt
 log "best new network: $BEST ($BEST_MODEL)"
 evaluate "$BEST" "$BEST_MODEL" none
-evaluate "$BEST" "$BEST_MODEL" flips --out "$R/eval"
+evaluate "$BEST" "$BEST_MODEL" flips
 
 # 4. precision: the best new network, and the shipped one on the first of the same films
 ba precision --model "$BEST_MODEL" --images "$IMAGES" --labels "$VAL" --limit "$PREC_LIMIT" \
@@ -119,8 +119,36 @@ ba precision --images "$IMAGES" --labels "$VAL" --limit "$OLD_PREC_LIMIT" --devi
   --out "$R/precision-shipped" 2>>"$OUT/log.txt" | tee -a "$OUT/log.txt"
 log "precision of the shipped model done"
 
-# 5. the weights, int8, in pieces; every result in one tar
-ba export --model "$BEST_MODEL" --out "$WORK/weights.pt" --storage int8 | tee -a "$OUT/log.txt"
+# 5. the weights, int8, in pieces, with a model card: the shipped one's, this session's figures and its own flag
+#    threshold (the 99th percentile of the spread over the default views); every result in one tar
+python3 - "$R" "$BEST" "$EPOCHS" "$FAST" > "$WORK/card.json" 2>>"$OUT/log.txt" <<'PY'
+import csv, json, sys
+import numpy as np
+import torch
+
+results, best, epochs, fast = sys.argv[1:5]
+card = dict(torch.load("src/boneage/weights/boneage-reference.pt", weights_only=True).get("card") or {})
+ev = json.load(open(f"{results}/eval-{best}-flip.json"))
+spread = [float(r["uncertainty_months"]) for r in csv.DictReader(open(f"{results}/eval-{best}/predictions.csv"))]
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+card.update({
+    "summary": f"{card.get('summary', '')} + a warm restart with noise, blur and low-resolution augmentation "
+               f"({best} of two {epochs}-epoch runs, {gpu})",
+    "validation_mad_months": round(ev["mad_months"], 3), "validation_rmse_months": round(ev["rmse_months"], 3),
+    "validation_bias_months": round(ev["bias_months"], 3), "validation_n": ev["n"], "validation_views": "flip",
+    "validation_note": "on the WebP copies of the data pack, on the GPU: score the JPEGs on the CPU before shipping",
+    "uncertain_above_months": round(float(np.percentile(spread, 99)), 2),
+    "uncertain_calibration": f"99th percentile of the spread over the flip views, {len(spread)} validation films "
+                             "(GPU, WebP)",
+})
+card.setdefault("sessions", []).append({"gpu": gpu, "start": "the shipped model", "epochs": int(epochs),
+                                        "runs": ["eager", fast], "shipped": best,
+                                        "validation_mad_months": round(ev["mad_months"], 3)})
+print(json.dumps(card, indent=1))
+PY
+[ -s "$WORK/card.json" ] && CARD=(--card "$WORK/card.json") || CARD=()
+ba export --model "$BEST_MODEL" --out "$WORK/weights.pt" --storage int8 "${CARD[@]}" | tee -a "$OUT/log.txt"
+cp "$WORK/card.json" "$R/card.json" 2>/dev/null
 split -b 15M -d "$WORK/weights.pt" "$OUT/weights.pt.part"
 cp "$WORK/eager/val.csv" "$R/run-val.csv" 2>/dev/null
 tar cf "$OUT/results.tar" -C "$WORK" results
