@@ -1,7 +1,7 @@
 """Training rate of several ways to run the same step, measured in one process, one after another (issue 9).
 
     python benchmarks/train_speed.py --images DIR --labels CSV [--variants native,conv,sum,native/nchw,sum/nchw]
-        [--arch inception_v3] [--image-size 299] [--batch-size 128] [--limit 1024] [--steps 10] [--profile-best]
+        [--arch inception_v3] [--image-size 299] [--batch-size 128] [--limit 1024] [--steps 10] [--profile]
         [--json FILE]
 
 A variant is `POOL[/nchw][/compile]`: how inception_v3's 3x3 average pools are computed (native, conv, sum; see
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device")
     p.add_argument("--cache-dir")
-    p.add_argument("--profile-best", action="store_true", help="list the top kernels of the fastest variant")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each variant (3 more steps) and list the fastest one's top kernels")
     p.add_argument("--json", help="write every variant's bench result here")
     args = p.parse_args(argv)
 
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     for text, cfg in variants.items():
         try:
-            results[text] = bench(cfg, args.device, steps=args.steps,
+            results[text] = bench(cfg, args.device, steps=args.steps, profile=args.profile,
                                   log=lambda m: print(m, file=sys.stderr))
         except Exception as exc:  # one variant failing (a compiler error) must not cost the others' figures
             results[text] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -79,11 +80,8 @@ def main(argv=None) -> int:
               f"{r['compute_images_per_s']:13.1f} {r['compute_images_per_s'] / first['compute_images_per_s']:6.2f} "
               f"{r['achieved_tflops']:8.2f} {peak}")
     best = max(ok, key=lambda k: ok[k]["train_images_per_s"])
-    if args.profile_best:
-        top = bench(variants[best], args.device, steps=2, profile=True,
-                    log=lambda m: None).get("profile_top_kernels", [])
-        results[best]["profile_top_kernels"] = top
-        for k in top[:8]:
+    if args.profile:
+        for k in results[best].get("profile_top_kernels", [])[:8]:
             name = k.get("name", k.get("error", ""))[:90]
             print(f"  {best}: {k.get('share', 0):6.1%} {k.get('calls', '')!s:>5} {name}")
     if args.json:

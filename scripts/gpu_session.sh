@@ -48,7 +48,7 @@ log "unpacked $(ls "$IMAGES" | wc -l) images on $DEVICE"
 
 # 1. the step, several ways (issue 9); the last line names the fastest
 python3 benchmarks/train_speed.py --images "$IMAGES" --labels "$LABELS" --variants "$VARIANTS" \
-  --image-size "$IMAGE_SIZE" --batch-size "$BATCH" --limit "$SPEED_LIMIT" --steps "$SPEED_STEPS" --profile-best \
+  --image-size "$IMAGE_SIZE" --batch-size "$BATCH" --limit "$SPEED_LIMIT" --steps "$SPEED_STEPS" --profile \
   --cache-dir "$WORK/cache" --json "$R/speed.json" 2>>"$OUT/log.txt" | tee "$R/speed.txt" | tee -a "$OUT/log.txt"
 FAST=${FORCE_FAST:-$(sed -n 's/^best: //p' "$R/speed.txt")}; FAST=${FAST:-native}
 log "fastest: $FAST"

@@ -178,10 +178,9 @@ def cmd_precision(args) -> int:
 
 
 # -------------------------------------------------------------------------------------------------------- predict
-def add_model_options(p, several: bool = True) -> None:
-    p.add_argument("--model", action="append" if several else "store", metavar="MODEL",
-                   help="checkpoint, weights or .onnx file (default: the shipped model)"
-                        + ("; repeat for an ensemble" if several else ""))
+def add_model_options(p) -> None:
+    p.add_argument("--model", action="append", metavar="MODEL",
+                   help="checkpoint, weights or .onnx file (default: the shipped model); repeat for an ensemble")
     p.add_argument("--tta", default="flip", choices=["none", "flip", "flips"],
                    help="test-time views averaged: none, flip (left-right), flips (all four mirror images)")
 

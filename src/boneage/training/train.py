@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -95,10 +96,10 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
     train, val = data.prepare()
     init = _initial_weights(cfg) if cfg.init_from and not resume else None
     if init is not None:  # a warm restart keeps the label scale its head was trained with
-        cfg.model = type(cfg.model)(**{**to_dict(cfg.model), "age_mean": init[1].age_mean, "age_std": init[1].age_std})
+        cfg.model = replace(cfg.model, age_mean=init[1].age_mean, age_std=init[1].age_std)
     elif not resume:
         mean, std = data.age_stats
-        cfg.model = type(cfg.model)(**{**to_dict(cfg.model), "age_mean": round(mean, 2), "age_std": round(std, 2)})
+        cfg.model = replace(cfg.model, age_mean=round(mean, 2), age_std=round(std, 2))
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     log(f"{len(train)} training / {len(val)} validation images; {cfg.model.arch} at {cfg.preprocess.image_size} px; "
         f"lr {cfg.effective_lr:.3g}, batch {cfg.batch_size}, {cfg.epochs} epochs")
@@ -145,15 +146,15 @@ def _initial_weights(cfg: TrainConfig):
     """(state dict, its ModelConfig) of `cfg.init_from`, which must be the same network as `cfg.model`."""
     from boneage.inference.predictor import load_model
 
-    model, init_cfg, _ = load_model(cfg.init_from)
-    if init_cfg.model.arch != cfg.model.arch or tuple(init_cfg.model.hidden) != tuple(cfg.model.hidden) \
-            or init_cfg.model.sex_units != cfg.model.sex_units:
-        raise UserError(f"{cfg.init_from}: a {init_cfg.model.arch} {init_cfg.model.hidden}; this run trains a "
+    model, spec, _ = load_model(cfg.init_from)
+    if spec.model.arch != cfg.model.arch or tuple(spec.model.hidden) != tuple(cfg.model.hidden) \
+            or spec.model.sex_units != cfg.model.sex_units:
+        raise UserError(f"{cfg.init_from}: a {spec.model.arch} {spec.model.hidden}; this run trains a "
                         f"{cfg.model.arch} {cfg.model.hidden}: --init-from needs the same network")
-    if init_cfg.preprocess.channels != cfg.preprocess.channels:
-        raise UserError(f"{cfg.init_from}: takes {init_cfg.preprocess.channels}-channel input, this run "
+    if spec.preprocess.channels != cfg.preprocess.channels:
+        raise UserError(f"{cfg.init_from}: takes {spec.preprocess.channels}-channel input, this run "
                         f"{cfg.preprocess.channels}")
-    return model.state_dict(), init_cfg.model
+    return model.state_dict(), spec.model
 
 
 def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig:
