@@ -205,6 +205,27 @@ def test_precision_summary_pools_each_family_and_finds_the_worst():
     assert out["largest_abs"] == 40.0 and out["families"]["re-encoding"]["max_abs"] == 40.0
 
 
+def test_precision_summary_of_some_families_has_only_those():
+    from boneage.evaluation.precision import select, summarise
+
+    chosen = select(["sensor noise", "mirroring"])
+    assert [f for f, _, _ in chosen] == ["mirroring", "mirroring", "sensor noise", "sensor noise"]  # FAMILIES' order
+    deltas = np.zeros((10, len(chosen)))
+    deltas[2, 3] = 20.0
+    out = summarise(deltas, chosen)
+    assert list(out["families"]) == ["mirroring", "sensor noise"]
+    assert out["families"]["sensor noise"]["max_abs"] == 20.0 and out["families"]["mirroring"]["max_abs"] == 0.0
+    assert list(out["changes"]) == [f"{f}: {n}" for f, n, _ in chosen]
+
+
+def test_precision_names_an_unknown_family_in_one_line(tmp_path):
+    from tests.conftest import cli
+
+    result = cli("precision", "--images", tmp_path, "--labels", tmp_path / "none.csv", "--family", "noise")
+    assert result.returncode != 0 and "no family 'noise'" in result.stderr and "sensor noise" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
 def test_precision_command_measures_every_change_on_real_predictions(trained, synthetic, tmp_path):
     import json
@@ -221,3 +242,12 @@ def test_precision_command_measures_every_change_on_real_predictions(trained, sy
     rows = list(csv.reader((tmp_path / "p" / "deltas.csv").open()))
     assert len(rows) == 5 and len(rows[0]) == 2 + sum(len(c) for c in __import__(
         "boneage.evaluation.precision", fromlist=["FAMILIES"]).FAMILIES.values())
+
+    # one family: the same films, only its changes
+    result = cli("precision", "--model", trained / "best.ckpt", "--images", images, "--labels",
+                 trained / "val.csv", "--limit", "4", "--workers", "1", "--family", "sensor noise",
+                 "--out", tmp_path / "n", "--json")
+    assert result.returncode == 0, result.stderr
+    assert list(json.loads(result.stdout)["families"]) == ["sensor noise"]
+    header = next(csv.reader((tmp_path / "n" / "deltas.csv").open()))
+    assert header == ["id", "predicted_months", "sensor noise: SD 1 gray level", "sensor noise: SD 3 gray levels"]

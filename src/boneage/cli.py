@@ -53,7 +53,7 @@ def add_train(sub) -> None:
     g.add_argument("--lr", type=float, help="learning rate at batch 16")
     g.add_argument("--lr-scaling", choices=["none", "sqrt", "linear"])
     g.add_argument("--schedule", choices=["plateau", "cosine"])
-    g.add_argument("--warmup-epochs", type=int)
+    g.add_argument("--warmup-epochs", type=float)
     g = p.add_argument_group("hardware")
     g.add_argument("--accelerator", help="auto, cpu, gpu")
     g.add_argument("--devices", help="number of devices, or auto")
@@ -151,6 +151,8 @@ def add_precision(sub) -> None:
     p.add_argument("--images", required=True)
     p.add_argument("--labels", required=True, help="the films to use, e.g. docs/reference-model/val.csv")
     p.add_argument("--limit", type=int, help="the first N films of --labels")
+    p.add_argument("--family", action="append", metavar="FAMILY",
+                   help="measure only this family of changes, e.g. 'sensor noise' (repeatable; default: all)")
     p.add_argument("--out", help="folder for precision.json, precision.md and deltas.csv")
     p.add_argument("--json", action="store_true", help="print one JSON object (without the per-film deltas)")
     p.add_argument("--device", default="cpu")
@@ -159,12 +161,13 @@ def add_precision(sub) -> None:
 
 
 def cmd_precision(args) -> int:
-    from boneage.evaluation.precision import format_table, measure, write_outputs
+    from boneage.evaluation.precision import format_table, measure, select, write_outputs
     from boneage.inference.onnx import load_predictor
 
+    select(args.family)  # an unknown family fails before the model loads
     predictor = load_predictor(args.model, tta=args.tta, device=args.device)
     result = measure(predictor, args.images, args.labels, args.limit, args.workers,
-                     log=lambda m: print(m, file=sys.stderr))
+                     log=lambda m: print(m, file=sys.stderr), families=args.family)
     if args.out:
         write_outputs(result, Path(args.out))
     summary = {k: v for k, v in result.items() if k != "per_film"}

@@ -137,7 +137,7 @@ class TrainConfig:
     plateau_patience: int = 10
     plateau_cooldown: int = 5
     min_lr: float = 1e-4
-    warmup_epochs: int = 0  # linear warm-up, with schedule="cosine"
+    warmup_epochs: float = 0  # linear warm-up, with schedule="cosine"; a fraction for a short fine-tune
     # augmentation, applied to whole batches on the training device
     hflip: bool = True
     vflip: bool = True

@@ -22,6 +22,7 @@ from boneage.data.crop import crop_to_hand
 from boneage.data.images import load_image
 from boneage.data.labels import read_labels
 from boneage.data.preprocess import preprocess_gray
+from boneage.errors import UserError
 
 Change = Callable[[np.ndarray], np.ndarray]  # float gray (H, W), 0..255 -> float gray, any size
 
@@ -125,22 +126,34 @@ FAMILIES: dict[str, dict[str, Change]] = {
 CHANGES = [(family, name, fn) for family, changes in FAMILIES.items() for name, fn in changes.items()]
 
 
-def _prepare_film(args: tuple[str, dict]) -> np.ndarray:
+def select(families: list[str] | None = None) -> list[tuple[str, str, Change]]:
+    """The changes of the named families (all of them when None), in FAMILIES' order; an unknown name is a UserError."""
+    if not families:
+        return CHANGES
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise UserError(f"precision: no family {unknown[0]!r}; the families are: {', '.join(FAMILIES)}")
+    return [c for c in CHANGES if c[0] in families]
+
+
+def _prepare_film(args: tuple[str, dict, list[str] | None]) -> np.ndarray:
     """One film -> uint8 (1 + n changes, S, S): the original first, then each changed copy, all preprocessed."""
-    path, pp = args
+    path, pp, families = args
     pp = Preprocess(**pp)
     gray = load_image(path)
-    return np.stack([preprocess_gray(gray, pp)] + [preprocess_gray(fn(gray), pp) for _, _, fn in CHANGES])
+    return np.stack([preprocess_gray(gray, pp)] + [preprocess_gray(fn(gray), pp) for _, _, fn in select(families)])
 
 
 def measure(predictor, images: str, labels: str, limit: int | None = None, workers: int | None = None,
-            chunk: int = 128, log=print) -> dict:
-    """Predictions for every film and change -> the table (see `summarise`) plus the deltas per film."""
+            chunk: int = 128, log=print, families: list[str] | None = None) -> dict:
+    """Predictions for every film and change (of `families`, default all) -> the table (see `summarise`) plus the
+    deltas per film."""
+    changes = select(families)
     records = read_labels(labels, images).records[: limit or None]
     pp = to_dict(predictor.preprocess)
     workers = workers or min(16, os.cpu_count() or 1)
-    base, deltas = np.zeros(len(records)), np.zeros((len(records), len(CHANGES)))
-    films = [(str(r.image), pp) for r in records]
+    base, deltas = np.zeros(len(records)), np.zeros((len(records), len(changes)))
+    films = [(str(r.image), pp, families) for r in records]
     with ProcessPoolExecutor(workers) as pool:
         # All films are queued at once: the workers prepare the next ones while the model scores these.
         prepared = pool.map(_prepare_film, films, chunksize=2)
@@ -154,11 +167,11 @@ def measure(predictor, images: str, labels: str, limit: int | None = None, worke
             base[start : start + b], deltas[start : start + b] = pred[:, 0], pred[:, 1:] - pred[:, :1]
             log(f"precision: {start + b}/{len(records)} films")
     true = np.array([r.age_months for r in records])
-    result = summarise(deltas)
+    result = summarise(deltas, changes)
     result["n"] = len(records)
     result["mad_original"] = round(float(np.mean(np.abs(base - true))), 3)
     result["per_film"] = {"ids": [r.id for r in records], "base": base.round(2).tolist(),
-                          "deltas": deltas.round(2).tolist()}
+                          "deltas": deltas.round(2).tolist(), "changes": [f"{f}: {n}" for f, n, _ in changes]}
     return result
 
 
@@ -169,14 +182,16 @@ def _stats(d: np.ndarray) -> dict:
             "share_over_12": round(float(np.mean(np.abs(d) > 12)), 4)}
 
 
-def summarise(deltas: np.ndarray) -> dict:
-    """(films, changes) deltas -> per family and per change: median |Δ|, largest |Δ|, SD of one determination."""
+def summarise(deltas: np.ndarray, measured: list[tuple[str, str, Change]] | None = None) -> dict:
+    """(films, changes) deltas, one column per change of `measured` (default all) -> per family and per change:
+    median |Δ|, largest |Δ|, SD of one determination."""
+    measured = CHANGES if measured is None else measured
     families, changes = {}, {}
-    for family in FAMILIES:
-        cols = [i for i, (f, _, _) in enumerate(CHANGES) if f == family]
+    for family in dict.fromkeys(f for f, _, _ in measured):
+        cols = [i for i, (f, _, _) in enumerate(measured) if f == family]
         families[family] = _stats(deltas[:, cols])
         for i in cols:
-            changes[f"{family}: {CHANGES[i][1]}"] = _stats(deltas[:, i])
+            changes[f"{family}: {measured[i][1]}"] = _stats(deltas[:, i])
     worst = max(s["sd_single"] for s in families.values())
     largest = max(s["max_abs"] for s in families.values())
     return {"families": families, "changes": changes, "worst_sd_single": worst, "largest_abs": largest}
@@ -207,6 +222,6 @@ def write_outputs(result: dict, out) -> None:
     films = result["per_film"]
     with (out / "deltas.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "predicted_months"] + [f"{family}: {name}" for family, name, _ in CHANGES])
+        w.writerow(["id", "predicted_months"] + films["changes"])
         for i, b, d in zip(films["ids"], films["base"], films["deltas"]):
             w.writerow([i, b] + d)

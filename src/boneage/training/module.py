@@ -75,7 +75,7 @@ class BoneAgeModule(L.LightningModule):
     def _warmup_lambda(self, opt, after):
         """A per-step LambdaLR: linear warm-up over `warmup_epochs`, then `after(epoch as a float)`."""
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.cfg.epochs))
-        warmup = self.cfg.warmup_epochs * steps_per_epoch
+        warmup = round(self.cfg.warmup_epochs * steps_per_epoch)
 
         def factor(step: int) -> float:
             if step < warmup:
