@@ -102,3 +102,27 @@ def test_every_shipped_recipe_is_a_valid_configuration():
     assert recipes
     for path in recipes:
         train_config_from_dict(read_json(path)).validate()
+
+
+def test_heartbeat_says_where_a_long_epoch_is_without_syncing_every_step():
+    from types import SimpleNamespace
+
+    import torch
+
+    from boneage.training.callbacks import Heartbeat
+
+    lines = []
+    beat = Heartbeat(lines.append, every_s=3600)
+    trainer = SimpleNamespace(is_global_zero=True, num_training_batches=10, current_epoch=0, max_epochs=2)
+    beat.on_train_epoch_start(trainer, None)
+    batch = (torch.zeros(4, 1, 8, 8), torch.zeros(4), torch.zeros(4))
+    for i, loss in enumerate([3.0, 5.0]):
+        beat.on_train_batch_end(trainer, None, torch.tensor(loss), batch, i)
+    assert lines == []  # under a minute (here an hour): nothing
+    beat.every_s = 0
+    beat.on_train_batch_end(trainer, None, {"loss": torch.tensor(7.0)}, batch, 2)
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/2: step 3/10, ")
+    assert "train MAD so far 5.00" in lines[0] and "to the epoch's end" in lines[0]
+    beat.on_train_epoch_start(trainer, None)  # a new epoch starts its own running mean
+    beat.on_train_batch_end(trainer, None, torch.tensor(1.0), batch, 0)
+    assert "train MAD so far 1.00" in lines[-1]

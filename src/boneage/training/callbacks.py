@@ -1,4 +1,5 @@
-"""Run bookkeeping: atomic checkpoint writes and the per-epoch CSV of train MAD, validation MAD and learning rate."""
+"""Run bookkeeping: atomic checkpoint writes, the per-epoch CSV of train MAD, validation MAD and learning rate, and a
+line a minute within long epochs."""
 
 from __future__ import annotations
 
@@ -54,6 +55,35 @@ class EpochCSV(L.Callback):
             if new:
                 w.writeheader()
             w.writerow(row)
+
+
+class Heartbeat(L.Callback):
+    """Without a progress bar (a log file, a CPU run whose epoch takes most of an hour): one line every `every_s`
+    seconds within an epoch, saying where it is, the rate, the running train MAD and when the epoch ends. Epochs
+    shorter than `every_s` (a GPU's) print nothing more than their epoch line."""
+
+    def __init__(self, log=print, every_s: float = 60.0):
+        self._print, self.every_s = log, every_s
+        self.on_train_epoch_start(None, None)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.perf_counter()
+        self._loss, self._steps, self._images = None, 0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        self._loss = loss if self._loss is None else self._loss + loss  # stays on the device: no sync per step
+        self._steps, self._images = self._steps + 1, self._images + len(batch[-1])
+        now = time.perf_counter()
+        if now - self._last < self.every_s or not trainer.is_global_zero:
+            return
+        self._last, elapsed = now, now - self._start
+        total = trainer.num_training_batches
+        left = f", about {(total - batch_idx - 1) * elapsed / (batch_idx + 1) / 60:.0f} min to the epoch's end" \
+            if isinstance(total, int) else ""
+        self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: step {batch_idx + 1}/{total}, "
+                    f"{self._images / elapsed:.1f} images/s, train MAD so far {float(self._loss) / self._steps:.2f}"
+                    f"{left}")
 
 
 class SaveLastAtEnd(L.Callback):

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from boneage.config import TrainConfig, to_dict, train_config_from_dict
 from boneage.errors import UserError
-from boneage.training.callbacks import AtomicCheckpointIO, EpochCSV, SaveLastAtEnd
+from boneage.training.callbacks import AtomicCheckpointIO, EpochCSV, Heartbeat, SaveLastAtEnd
 from boneage.training.datamodule import BoneAgeData
 from boneage.training.module import BoneAgeModule
 
@@ -119,7 +119,7 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
         num_nodes=cfg.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.epochs,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         callbacks=[best, latest, EpochCSV(out / "metrics.csv", log), SaveLastAtEnd(last)]
-        + ([TQDMProgressBar(refresh_rate=10)] if interactive else []),
+        + ([TQDMProgressBar(refresh_rate=10)] if interactive else [Heartbeat(log)]),
         enable_progress_bar=interactive,
         plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out, use_distributed_sampler=False,
         num_sanity_val_steps=0, benchmark=True, enable_model_summary=False,
