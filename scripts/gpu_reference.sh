@@ -50,7 +50,8 @@ python3 -m boneage train --config recipes/reference-gpu.json --images "$WORK/dat
   || log "training exited with $? (exporting what was saved)"
 log "training done: $(tail -n 2 "$WORK/run/metrics.csv" | tr '\n' ' ')"
 
-python3 -m boneage export --model "$WORK/run/best.ckpt" --out "$WORK/best-int8.pt" --storage int8 | tee -a "$OUT/log.txt"
+python3 -m boneage export --model "$WORK/run/best.ckpt" --out "$WORK/best-int8.pt" --storage int8 \
+  --calibrate-images "$WORK/data/images" --calibrate-labels "$WORK/run/train.csv" --calibrate-films 64 | tee -a "$OUT/log.txt"
 split -b 15M -d "$WORK/best-int8.pt" "$OUT/best-int8.pt.part"  # int8: ResNet-101 too fits what comes back (64 MB)
 tar cf "$OUT/run.tar" -C "$WORK/run" config.json metrics.csv train.csv val.csv curves.png
 log "exported: $(ls "$OUT" | tr '\n' ' ')"

@@ -251,3 +251,30 @@ def test_precision_command_measures_every_change_on_real_predictions(trained, sy
     assert list(json.loads(result.stdout)["families"]) == ["sensor noise"]
     header = next(csv.reader((tmp_path / "n" / "deltas.csv").open()))
     assert header == ["id", "predicted_months", "sensor noise: SD 1 gray level", "sensor noise: SD 3 gray levels"]
+
+
+# ------------------------------------------------------------------------------------------------ int8 calibration
+@pytest.mark.slow
+def test_int8_calibration_refits_batch_norm_and_keeps_the_rounded_weights(trained, synthetic, tmp_path):
+    import json
+
+    import torch
+
+    from tests.conftest import cli
+
+    images, _ = synthetic
+    plain = cli("export", "--model", trained / "best.ckpt", "--out", tmp_path / "plain.pt")
+    result = cli("export", "--model", trained / "best.ckpt", "--out", tmp_path / "cal.pt", "--calibrate-images",
+                 images, "--calibrate-labels", trained / "train.csv", "--calibrate-films", "32")
+    assert plain.returncode == 0 and result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["int8_calibration"]
+    assert report["films"] == 32 and report["mean_abs_shift_months"][1] <= report["mean_abs_shift_months"][0]
+    a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("plain.pt", "cal.pt"))
+    assert b["card"]["int8_calibration"] == report
+    ints = [k for k, t in a["state_dict"].items() if t.dtype == torch.int8]
+    assert ints and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in ints)  # same rounding
+    means = [k for k in a["state_dict"] if k.endswith("running_mean")]
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in means)  # only statistics moved
+
+    half = cli("export", "--out", tmp_path / "x.pt", "--calibrate-images", images)
+    assert half.returncode != 0 and "go together" in half.stderr and "Traceback" not in half.stderr

@@ -442,6 +442,12 @@ def add_export(sub) -> None:
     p.add_argument("--average", action="store_true",
                    help="with several runs of one network: one network of their averaged weights (a model soup), "
                         "instead of an ensemble")
+    g = p.add_argument_group("int8 calibration: batch-norm statistics re-fitted to the rounded weights (recommended; "
+                             "plain int8 moved answers by 1.6 months)")
+    g.add_argument("--calibrate-images", metavar="DIR", help="folder of films")
+    g.add_argument("--calibrate-labels", metavar="CSV", help="label CSV of training films (not validation ones), "
+                                                             "e.g. a run's train.csv")
+    g.add_argument("--calibrate-films", type=int, default=128, metavar="N", help="the first N films of the CSV")
     p.set_defaults(func=cmd_export)
 
 
@@ -451,6 +457,16 @@ def cmd_export(args) -> int:
 
     models = args.model or [default_model_path()]
     card = read_json(args.card) if args.card else None
+    calibration = None
+    if args.calibrate_images or args.calibrate_labels:
+        if not (args.calibrate_images and args.calibrate_labels):
+            raise UserError("--calibrate-images and --calibrate-labels go together")
+        if args.storage != "int8" or args.out.endswith(".onnx") or (len(models) > 1 and not args.average):
+            raise UserError("calibration is for one int8 network (.pt, one model or --average)")
+        if args.calibrate_films < 1:
+            raise UserError("--calibrate-films must be at least 1")
+        calibration = {"images": args.calibrate_images, "labels": args.calibrate_labels,
+                       "films": args.calibrate_films}
     if args.out.endswith(".onnx"):
         if len(models) > 1:
             raise UserError("--out FILE.onnx takes one model: export each member, or an ensemble as .pt")
@@ -460,7 +476,7 @@ def cmd_export(args) -> int:
     elif len(models) > 1 and args.average:
         from boneage.inference.export import export_average
 
-        result = export_average(models, args.out, args.storage, card)
+        result = export_average(models, args.out, args.storage, card, calibration)
     elif len(models) > 1:
         from boneage.inference.export import export_ensemble
 
@@ -468,7 +484,7 @@ def cmd_export(args) -> int:
     else:
         from boneage.inference.export import export_weights
 
-        result = export_weights(models[0], args.out, args.storage, card)
+        result = export_weights(models[0], args.out, args.storage, card, calibration)
     print(json.dumps(result))
     return 0
 

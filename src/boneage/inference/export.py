@@ -32,12 +32,31 @@ def _save(data: dict, out) -> Path:
     return out
 
 
-def export_weights(model_path, out, storage: str = "int8", card: dict | None = None) -> dict:
+def _compact(model, spec, storage: str, card: dict | None, calibration: dict | None, result: dict) -> dict:
+    """The weights file of one network. With `calibration` ({"images", "labels", "films"}) and int8 storage, batch-norm
+    statistics are re-fitted to the rounded weights on those films (`boneage.inference.calibrate`); what that changed
+    goes into the card and `result`."""
+    state = model.state_dict()
+    if calibration and storage == "int8":
+        from boneage.inference.calibrate import calibration_batch, quantize_calibrated
+
+        x, male = calibration_batch(calibration["images"], calibration["labels"], spec.preprocess,
+                                    calibration.get("films", 128))
+        state, report = quantize_calibrated(model, x, male, storage)
+        report["labels"] = str(calibration["labels"])
+        card = dict(card or {}, int8_calibration=report)
+        result["int8_calibration"] = report
+    return make_weights_file(state, _portable(spec), storage, card)
+
+
+def export_weights(model_path, out, storage: str = "int8", card: dict | None = None,
+                   calibration: dict | None = None) -> dict:
     """A training checkpoint (or weights file) -> a compact weights file. Returns {"path", "bytes", "storage"}."""
     model, spec, old_card = load_model(model_path)
-    data = make_weights_file(model.state_dict(), _portable(spec), storage, card if card is not None else old_card)
+    result = {}
+    data = _compact(model, spec, storage, card if card is not None else old_card, calibration, result)
     out = _save(data, out)
-    return {"path": str(out), "bytes": out.stat().st_size, "storage": storage}
+    return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, **result}
 
 
 def export_ensemble(model_paths, out, storage: str = "int8", card: dict | None = None) -> dict:
@@ -51,7 +70,8 @@ def export_ensemble(model_paths, out, storage: str = "int8", card: dict | None =
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "members": len(members)}
 
 
-def export_average(model_paths, out, storage: str = "int8", card: dict | None = None) -> dict:
+def export_average(model_paths, out, storage: str = "int8", card: dict | None = None,
+                   calibration: dict | None = None) -> dict:
     """Several runs of one network -> one network with their weights averaged (a "model soup").
 
     Runs that started from the same weights (two warm restarts of one model) stay in one basin of the loss, so their
@@ -72,6 +92,9 @@ def export_average(model_paths, out, storage: str = "int8", card: dict | None = 
         else:  # counters (batch norm's num_batches_tracked): not an average of anything
             average[name] = max((s[name] for s in states), key=lambda v: int(v.max()) if v.numel() else 0)
     card = card if card is not None else dict(first_card or {}, averaged_from=[str(p) for p in model_paths])
-    data = make_weights_file(average, _portable(first_spec), storage, card)
+    soup = models[0][0]
+    soup.load_state_dict(average)
+    result = {}
+    data = _compact(soup, first_spec, storage, card, calibration, result)
     out = _save(data, out)
-    return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "averaged": len(models)}
+    return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "averaged": len(models), **result}
