@@ -5,8 +5,9 @@ and through Inception v3's 94 batch-normalised layers the shifts add up. Measure
 model (session 4, 64 training films, one view): plain int8 moved the answers by -1.6 months on average (mean |Δ| 1.75,
 largest 4.8) against the float32 network. Re-fitting each batch norm's running mean and variance so that its output
 has the mean and variance the float network's had there, layer after layer in execution order (later layers see
-corrected inputs), twice over 128 films, took that to -0.3 (mean |Δ| 0.5). Rounding stays; only float32 buffers move,
-so the file keeps its size and format.
+corrected inputs), twice over 128 films, took that to -0.56 (mean |Δ| 0.66) on those films, and the MAD on 200
+validation films from 8.12 to 7.92 (float32: 7.88). Rounding stays; only float32 buffers move, so the file keeps its
+size and format.
 """
 
 from __future__ import annotations
@@ -38,20 +39,20 @@ def _norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
 
 
-def _input_moments(model: nn.Module, x: torch.Tensor, male: torch.Tensor) -> dict[str, tuple]:
-    """Per batch norm: the per-channel mean and variance of its input over the batch (and the positions)."""
-    moments, hooks = {}, []
+def _run_with_norm_hooks(model: nn.Module, x: torch.Tensor, male: torch.Tensor, on_input) -> None:
+    """One forward pass calling `on_input(name, module, mean, var)` just before each batch norm runs, with the
+    per-channel mean and variance of its input over the batch (and the positions)."""
+    hooks = []
     for name, bn in _norms(model).items():
-        def record(module, inputs, name=name):
+        def hook(module, inputs, name=name):
             dims = [d for d in range(inputs[0].dim()) if d != 1]
-            moments[name] = (inputs[0].mean(dims), inputs[0].var(dims))
-        hooks.append(bn.register_forward_pre_hook(record))
+            on_input(name, module, inputs[0].mean(dims), inputs[0].var(dims))
+        hooks.append(bn.register_forward_pre_hook(hook))
     try:
         model(x, male)
     finally:
         for h in hooks:
             h.remove()
-    return moments
 
 
 def quantize_calibrated(model: nn.Module, x: torch.Tensor, male: torch.Tensor, storage: str = "int8",
@@ -62,7 +63,8 @@ def quantize_calibrated(model: nn.Module, x: torch.Tensor, male: torch.Tensor, s
     torch.set_grad_enabled(False)
     try:
         reference = model(x, male)
-        target = _input_moments(model, x, male)
+        target = {}
+        _run_with_norm_hooks(model, x, male, lambda name, module, mean, var: target.__setitem__(name, (mean, var)))
         float_stats = {n: (bn.running_mean.clone(), bn.running_var.clone()) for n, bn in _norms(model).items()}
         rounded = copy.deepcopy(model).eval()
         rounded.load_state_dict(unpack_state_dict(*pack_state_dict(model.state_dict(), storage)))
@@ -72,24 +74,16 @@ def quantize_calibrated(model: nn.Module, x: torch.Tensor, male: torch.Tensor, s
             return round(float(d.mean()), 3), round(float(d.abs().mean()), 3)
 
         before = shift()
+        def refit(name, module, mean_q, var_q):
+            mean_f, var_f = target[name]
+            m, v = float_stats[name]  # the float network's: each pass re-fits from them, not from the last
+            # (x - m) / s keeps the float network's output moments: s' = s sqrt(vq/vf), m' = mq - s'/s (mf - m)
+            ratio = (var_q / var_f.clamp_min(1e-12)).sqrt()
+            module.running_mean.copy_(mean_q - ratio * (mean_f - m))
+            module.running_var.copy_(((v + module.eps) * ratio**2 - module.eps).clamp_min(0))
+
         for _ in range(passes):
-            hooks = []
-            for name, bn in _norms(rounded).items():
-                def refit(module, inputs, name=name):
-                    dims = [d for d in range(inputs[0].dim()) if d != 1]
-                    mean_q, var_q = inputs[0].mean(dims), inputs[0].var(dims)
-                    mean_f, var_f = target[name]
-                    m, v = float_stats[name]  # the float network's: each pass re-fits from them, not from the last
-                    # (x - m) / s keeps the float network's output moments: s' = s sqrt(vq/vf), m' = mq - s'/s (mf - m)
-                    ratio = (var_q / var_f.clamp_min(1e-12)).sqrt()
-                    module.running_mean.copy_(mean_q - ratio * (mean_f - m))
-                    module.running_var.copy_(((v + module.eps) * ratio**2 - module.eps).clamp_min(0))
-                hooks.append(bn.register_forward_pre_hook(refit))
-            try:
-                rounded(x, male)
-            finally:
-                for h in hooks:
-                    h.remove()
+            _run_with_norm_hooks(rounded, x, male, refit)
         after = shift()
     finally:
         torch.set_grad_enabled(was_grad)

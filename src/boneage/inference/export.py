@@ -32,11 +32,11 @@ def _save(data: dict, out) -> Path:
     return out
 
 
-def _compact(model, spec, storage: str, card: dict | None, calibration: dict | None, result: dict) -> dict:
-    """The weights file of one network. With `calibration` ({"images", "labels", "films"}) and int8 storage, batch-norm
-    statistics are re-fitted to the rounded weights on those films (`boneage.inference.calibrate`); what that changed
-    goes into the card and `result`."""
-    state = model.state_dict()
+def _compact(model, spec, storage: str, card: dict | None, calibration: dict | None) -> tuple[dict, dict]:
+    """(the weights file of one network, what to add to the export's report). With `calibration` ({"images", "labels",
+    "films"}) and int8 storage, batch-norm statistics are re-fitted to the rounded weights on those films
+    (`boneage.inference.calibrate`); what that changed goes into the card and the report."""
+    state, result = model.state_dict(), {}
     if calibration and storage == "int8":
         from boneage.inference.calibrate import calibration_batch, quantize_calibrated
 
@@ -46,15 +46,14 @@ def _compact(model, spec, storage: str, card: dict | None, calibration: dict | N
         report["labels"] = str(calibration["labels"])
         card = dict(card or {}, int8_calibration=report)
         result["int8_calibration"] = report
-    return make_weights_file(state, _portable(spec), storage, card)
+    return make_weights_file(state, _portable(spec), storage, card), result
 
 
 def export_weights(model_path, out, storage: str = "int8", card: dict | None = None,
                    calibration: dict | None = None) -> dict:
     """A training checkpoint (or weights file) -> a compact weights file. Returns {"path", "bytes", "storage"}."""
     model, spec, old_card = load_model(model_path)
-    result = {}
-    data = _compact(model, spec, storage, card if card is not None else old_card, calibration, result)
+    data, result = _compact(model, spec, storage, card if card is not None else old_card, calibration)
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, **result}
 
@@ -94,7 +93,6 @@ def export_average(model_paths, out, storage: str = "int8", card: dict | None = 
     card = card if card is not None else dict(first_card or {}, averaged_from=[str(p) for p in model_paths])
     soup = models[0][0]
     soup.load_state_dict(average)
-    result = {}
-    data = _compact(soup, first_spec, storage, card, calibration, result)
+    data, result = _compact(soup, first_spec, storage, card, calibration)
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "averaged": len(models), **result}
