@@ -160,7 +160,8 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
-    precision: str | None = None  # None: bf16-mixed on GPUs, 32-true on CPUs
+    # None: bf16-mixed on GPUs and on CPUs with bf16 matrix units (AMX), 32-true elsewhere
+    precision: str | None = None
     compile: bool = False
     channels_last: bool = True
     device_cache: str = "auto"  # keep the uint8 training set on the GPU: "auto" | "on" | "off"
