@@ -181,6 +181,37 @@ def cmd_precision(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------------- debias
+def add_debias(sub) -> None:
+    p = sub.add_parser("debias", help="fit the model's bias correction by age on held-out labelled films, and write "
+                                      "the model with it")
+    p.add_argument("--model", help="weights file or checkpoint (default: the shipped model)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--labels", required=True, help="held-out films, e.g. docs/reference-model/val.csv (never "
+                                                   "trained on)")
+    p.add_argument("--out", required=True, help="the model file to write, with the correction (.pt)")
+    p.add_argument("--report", metavar="DIR", help="folder for bias.json, bias.md (the table by age band, before "
+                                                   "and after) and answers.csv")
+    p.add_argument("--folds", type=int, default=5, help="folds of the cross-fitting that measures the correction")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_debias)
+
+
+def cmd_debias(args) -> int:
+    from boneage.evaluation.bias import band_table, debias
+
+    if args.folds < 2:
+        raise UserError("--folds must be at least 2")
+    if not args.out.endswith(".pt"):
+        raise UserError(f"--out {args.out}: the model is written as a .pt weights file")
+    result = debias(args.model, args.images, args.labels, args.out, args.report, args.folds, args.batch_size,
+                    args.workers, log=lambda m: print(m, file=sys.stderr))
+    print(f"{result['films']} films; correction '{result['curve']}', cross-fitted over {result['folds']} folds "
+          f"(months):\n{band_table(result['before'], result['after'])}\nwritten: {result['out']}")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------------- predict
 def add_model_options(p) -> None:
     p.add_argument("--model", action="append", metavar="MODEL",
@@ -396,20 +427,27 @@ def add_bench(sub) -> None:
     p.add_argument("--pool-impl", choices=POOL_IMPLS, default="native",
                    help="how inception_v3 computes its 3x3 average pools (the same function; issue 9)")
     p.add_argument("--profile", action="store_true", help="also list the kernels that take the step's time")
+    p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure in float32, alternately, for the speed-up of bf16 (default: on CPUs)")
+    p.add_argument("--config", help="a recipe (JSON of training settings) whose augmentation and preprocessing "
+                                    "the loop runs, e.g. recipes/warm-restart-cpu.json")
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    from boneage.config import ModelConfig, Preprocess, TrainConfig
+    from dataclasses import replace
+
+    from boneage.config import TrainConfig, read_json, train_config_from_dict
     from boneage.training.bench import bench
 
-    cfg = TrainConfig(images=args.images, labels=args.labels, limit=args.limit or None, batch_size=args.batch_size,
-                      preprocess=Preprocess(image_size=args.image_size),
-                      model=ModelConfig(arch=args.arch, pool_impl=args.pool_impl), compile=args.compile,
-                      cache_dir=args.cache_dir)
+    base = train_config_from_dict(read_json(args.config), args.config) if args.config else TrainConfig()
+    cfg = replace(base, images=args.images, labels=args.labels, limit=args.limit or None, batch_size=args.batch_size,
+                  preprocess=replace(base.preprocess, image_size=args.image_size),
+                  model=replace(base.model, arch=args.arch, pool_impl=args.pool_impl), compile=args.compile,
+                  cache_dir=args.cache_dir, init_from=None, val_ids=None)
     print(json.dumps(bench(cfg, args.device, steps=args.steps, profile=args.profile,
-                           log=lambda m: print(m, file=sys.stderr))))
+                           log=lambda m: print(m, file=sys.stderr), fp32=args.fp32)))
     return 0
 
 
@@ -523,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage", description=__doc__)
     parser.add_argument("--version", action="version", version=f"boneage {__import__('boneage').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_evaluate, add_precision, add_predict, add_explain, add_bench, add_pack, add_export,
-                add_serve, add_models):
+    for add in (add_train, add_evaluate, add_precision, add_debias, add_predict, add_explain, add_bench, add_pack,
+                add_export, add_serve, add_models):
         add(sub)
     return parser
 

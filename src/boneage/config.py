@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boneage.bias import BiasCorrection
 from boneage.errors import UserError
 
 
@@ -92,16 +93,20 @@ class ModelSpec:
     model: ModelConfig
     preprocess: Preprocess
     training: dict[str, Any] | None = None  # the run's settings as saved, not interpreted
+    # The map that removes the model's bias by age from its answers (boneage.bias), fitted on held-out
+    # films after training; None for a checkpoint fresh from training.
+    bias_correction: BiasCorrection | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any], where: str = "config") -> ModelSpec:
         """From a saved training config or spec: its "model" and "preprocess" parts (missing ones: defaults)."""
         if not isinstance(config, dict):
             raise UserError(f"{where}: the model description is not a JSON object")
-        training = config.get("training") or {k: v for k, v in config.items() if k not in ("model", "preprocess")}
+        training = config.get("training") or {k: v for k, v in config.items()
+                                              if k not in ("model", "preprocess", "bias_correction")}
         return cls(model_config_from_dict(dict(config.get("model") or {}), f"{where} model"),
                    preprocess_from_dict(dict(config.get("preprocess") or {}), f"{where} preprocess"),
-                   training or None)
+                   training or None, BiasCorrection.from_dict(config.get("bias_correction"), where))
 
 
 @dataclass

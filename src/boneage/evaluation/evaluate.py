@@ -35,8 +35,9 @@ class _Prepared(Dataset):
             return torch.zeros(self.pp.image_size, self.pp.image_size, dtype=torch.uint8), r.male, i, str(exc)
 
 
-def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = None, batch_size: int = 32,
-             workers: int = 2, log=print) -> dict:
+def predict_labelled(predictor, images: str, labels: str, batch_size: int = 32, workers: int = 2,
+                     log=print) -> tuple[list[Record], np.ndarray, np.ndarray, int]:
+    """(records read, their answers (the mean over views and members), the answers' spread, films not scored)."""
     table = read_labels(labels, images)
     if table.skipped:
         log(f"{labels}: {table.skipped_summary()}")
@@ -54,16 +55,23 @@ def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = N
     if not ok.any():
         raise UserError(f"{labels}: no image could be read (first: {failed[0] if failed else 'none'})")
     records = [r for r, k in zip(table.records, ok) if k]
+    return records, pred[ok], spread[ok], len(table.skipped) + len(failed)
+
+
+def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = None, batch_size: int = 32,
+             workers: int = 2, log=print) -> dict:
+    records, pred, spread, skipped = predict_labelled(predictor, images, labels, batch_size, workers, log)
     true = np.array([r.age_months for r in records])
     male = np.array([r.male for r in records])
-    result = report(pred[ok], true, male)
-    result["skipped"] = len(table.skipped) + len(failed)
+    result = report(pred, true, male)
+    result["skipped"] = skipped
     result["model_arch"] = predictor.spec.model.arch
     result["views"], result["members"] = predictor.tta, getattr(predictor, "members", 1)
+    result["bias_corrected"] = predictor.spec.bias_correction is not None
     # The spread of the answers over views and members: its upper percentiles calibrate the "uncertain" flag.
-    result["uncertainty_months"] = {f"p{q}": round(float(np.percentile(spread[ok], q)), 2) for q in (50, 90, 99)}
+    result["uncertainty_months"] = {f"p{q}": round(float(np.percentile(spread, q)), 2) for q in (50, 90, 99)}
     if out:
-        result["files"] = write_outputs(Path(out), records, pred[ok], result, spread[ok])
+        result["files"] = write_outputs(Path(out), records, pred, result, spread)
     return result
 
 

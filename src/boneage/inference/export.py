@@ -4,10 +4,12 @@ Above both the loader and the file format, so neither imports the other."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from boneage.bias import BiasCorrection
 from boneage.config import to_dict
 from boneage.errors import UserError
 from boneage.inference.predictor import load_model
@@ -50,9 +52,12 @@ def _compact(model, spec, storage: str, card: dict | None, calibration: dict | N
 
 
 def export_weights(model_path, out, storage: str = "int8", card: dict | None = None,
-                   calibration: dict | None = None) -> dict:
-    """A training checkpoint (or weights file) -> a compact weights file. Returns {"path", "bytes", "storage"}."""
+                   calibration: dict | None = None, bias_correction: BiasCorrection | None = None) -> dict:
+    """A training checkpoint (or weights file) -> a compact weights file. Returns {"path", "bytes", "storage"}.
+    `bias_correction` replaces the model's own (`boneage debias` fits one)."""
     model, spec, old_card = load_model(model_path)
+    if bias_correction is not None:
+        spec = replace(spec, bias_correction=bias_correction)
     data, result = _compact(model, spec, storage, card if card is not None else old_card, calibration)
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, **result}

@@ -134,7 +134,7 @@ class Predictor:
 
     def predict_views(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
         """uint8 (B, S, S) prepared images and (B,) male flags -> (V, B) months, one row per test-time view."""
-        return tta_views.predict_views(self.run, images, male, self.preprocess, self.tta)
+        return tta_views.predict_views(self.run, images, male, self.preprocess, self.tta, self.spec.bias_correction)
 
     def predict_batch(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
         """uint8 (B, S, S) prepared images and (B,) male flags -> (B,) bone age in months (the mean over views)."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from boneage.bias import BiasCorrection, correct_views
 from boneage.config import Preprocess
 from boneage.data.preprocess import to_model_input
 from boneage.errors import UserError
@@ -41,10 +42,11 @@ def views(x: torch.Tensor, tta: str) -> torch.Tensor:
 
 
 def predict_views(run: Callable[[torch.Tensor, np.ndarray], np.ndarray], images, male, pp: Preprocess,
-                  tta: str) -> np.ndarray:
-    """uint8 (B, S, S) prepared images -> (V, B) months, one row per view. `run(model input, male)` is the network."""
+                  tta: str, correction: BiasCorrection | None = None) -> np.ndarray:
+    """uint8 (B, S, S) prepared images -> (V, B) months, one row per view. `run(model input, male)` is the network;
+    `correction`, the model's own bias correction (every view moved by the correction of their mean)."""
     x = torch.as_tensor(np.asarray(images)).unsqueeze(1)
     sex = np.asarray(male, dtype=np.float32).reshape(-1)
     n_views = len(VIEWS[tta])
     out = np.asarray(run(to_model_input(views(x, tta), pp), np.tile(sex, n_views)), dtype=np.float64)
-    return out.reshape(n_views, len(sex))
+    return correct_views(out.reshape(n_views, len(sex)), sex > 0.5, correction)

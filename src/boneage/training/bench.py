@@ -1,4 +1,5 @@
-"""`boneage bench`: loader rate, training rate fed by the real loader, and the compute bound, in one run.
+"""`boneage bench`: loader rate, training rate fed by the real loader, and the compute bound, in one run; on a CPU,
+in bf16 (where `boneage train` uses it) and float32 side by side.
 
 train / compute says what the loader costs; loader alone says how far it is from limiting anything. Training and
 compute steps are measured alternately, so drift in the machine's speed falls on both equally.
@@ -7,6 +8,7 @@ compute steps are measured alternately, so drift in the machine's speed falls on
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +24,16 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: int = 2, profile: bool = False,
-          log=print) -> dict:
+          log=print, fp32: bool | None = None) -> dict:
+    """Rates in images/s of the training loop (`train`: batches from the loader, augmented, one optimiser step) and of
+    the step alone on one batch (`compute`), in the precision `boneage train` picks here (bf16 on GPUs and on CPUs
+    with bf16 matrix units). `fp32` (default: on CPUs) measures both in float32 too, alternately in the same run, so
+    `speedup_over_fp32` compares the two on the same machine at the same moment."""
+    from boneage.training.train import resolve_precision
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = resolve_precision(replace(cfg, accelerator=dev.type))
+    fp32 = dev.type == "cpu" if fp32 is None else fp32
     torch.manual_seed(cfg.seed)
     torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest convolutions, as train does
@@ -47,59 +57,65 @@ def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: i
     _sync(dev)
     loader_rate = n / (time.perf_counter() - start)
 
-    # 2 and 3. training steps: fed by the loader, and on one batch already on the device
+    # 2 and 3. training steps: fed by the loader, and on one batch already on the device, per precision
     module = BoneAgeModule(to_dict(cfg)).to(dev).train()
     opt = torch.optim.Adam(module.parameters(), lr=cfg.effective_lr, fused=dev.type == "cuda")
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
-    def step(images, male, age) -> None:
+    def step(images, male, age, bf16: bool) -> None:
         x = prepare_batch(images.to(dev, non_blocking=True), cfg, train=True)
-        with autocast:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.l1_loss(module(x, male.to(dev)).float(), age.to(dev).float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     fixed = tuple(t.to(dev) for t in next(stream))
-    for _ in range(warmup):
-        step(*next(stream))
-        step(*fixed)
+    kinds = {precision: precision.startswith("bf16")} | ({"32-true": False} if fp32 else {})
+    for bf16 in kinds.values():
+        for _ in range(warmup):
+            step(*next(stream), bf16)
+            step(*fixed, bf16)
     _sync(dev)
-    t_train = t_compute = 0.0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step(*next(stream))
-        _sync(dev)
-        t1 = time.perf_counter()
-        step(*fixed)
-        _sync(dev)
-        t_train += t1 - t0
-        t_compute += time.perf_counter() - t1
+    t_train, t_compute = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0.0)
+    for _ in range(steps):  # alternately, so drift in the machine's speed falls on every kind alike
+        for kind, bf16 in kinds.items():
+            t0 = time.perf_counter()
+            step(*next(stream), bf16)
+            _sync(dev)
+            t1 = time.perf_counter()
+            step(*fixed, bf16)
+            _sync(dev)
+            t_train[kind] += t1 - t0
+            t_compute[kind] += time.perf_counter() - t1
     imgs = steps * cfg.batch_size
     flops = train_flops_per_image(module, cfg, dev)
     peak = bf16_peak_flops(dev)
-    tflops = flops * imgs / t_compute / 1e12
+    tflops = flops * imgs / t_compute[precision] / 1e12
     top = None
     if profile:
         try:
-            top = profile_step(step, fixed, dev)
+            top = profile_step(lambda *b: step(*b, kinds[precision]), fixed, dev)
         except Exception as exc:  # the profiler's API moves between releases; the rates above still stand
             top = [{"error": f"{type(exc).__name__}: {exc}"[:200]}]
-    return {
+    result = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "arch": cfg.model.arch, "pool_impl": cfg.model.pool_impl, "image_size": cfg.preprocess.image_size,
-        "batch_size": cfg.batch_size,
-        "precision": "bf16-mixed" if dev.type == "cuda" else "32-true", "compile": cfg.compile,
+        "batch_size": cfg.batch_size, "precision": precision, "compile": cfg.compile,
         "loader_images_per_s": round(loader_rate, 1),
-        "train_images_per_s": round(imgs / t_train, 2),
-        "compute_images_per_s": round(imgs / t_compute, 2),
-        "train_over_compute": round(t_compute / t_train, 3),
+        "train_images_per_s": round(imgs / t_train[precision], 2),
+        "compute_images_per_s": round(imgs / t_compute[precision], 2),
+        "train_over_compute": round(t_compute[precision] / t_train[precision], 3),
         "steps": steps,
         "gflop_per_train_image": round(flops / 1e9, 2),
         "achieved_tflops": round(tflops, 2),
         "bf16_peak_share": round(tflops * 1e12 / peak, 4) if peak else None,
-        **({"profile_top_kernels": top} if top is not None else {}),
     }
+    if fp32 and precision != "32-true":
+        result["fp32"] = {"train_images_per_s": round(imgs / t_train["32-true"], 2),
+                          "compute_images_per_s": round(imgs / t_compute["32-true"], 2)}
+        result["speedup_over_fp32"] = {"train": round(t_train["32-true"] / t_train[precision], 2),
+                                       "compute": round(t_compute["32-true"] / t_compute[precision], 2)}
+    return result | ({"profile_top_kernels": top} if top is not None else {})
 
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s), by a name fragment of the device.
