@@ -126,3 +126,36 @@ def test_heartbeat_says_where_a_long_epoch_is_without_syncing_every_step():
     beat.on_train_epoch_start(trainer, None)  # a new epoch starts its own running mean
     beat.on_train_batch_end(trainer, None, torch.tensor(1.0), batch, 0)
     assert "train MAD so far 1.00" in lines[-1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_model_with_ddp_on_the_cpu(synthetic, tmp_path):
+    """The scale path: Lightning's DDP (gloo on the CPU, NCCL on GPUs) launches the second process itself."""
+    images, labels = synthetic
+    out = tmp_path / "ddp"
+    done = run_cli("train", "--images", images, "--labels", labels, "--out", out, "--arch", "tiny_cnn",
+                   "--image-size", "32", "--limit", "128", "--epochs", "2", "--batch-size", "16",
+                   "--accelerator", "cpu", "--devices", "2", "--cache-dir", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    assert "2 process(es)" in done.stderr and "MEMBER: 2/2" in done.stderr
+    assert done.stderr.count("usable rows") == 1  # the second process trains quietly: one log, not two
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(np.isfinite(float(r["val_mad"])) for r in rows)
+    assert (out / "best.ckpt").is_file()
+
+
+@pytest.mark.parametrize("flags, accelerator, expected", [
+    ("fpu avx512_bf16 amx_bf16 amx_tile", "cpu", "bf16-mixed"),
+    ("fpu avx2 avx512f", "cpu", "32-true"),
+    ("fpu avx512_bf16 amx_bf16", "auto", "bf16-mixed"),
+])
+def test_cpus_with_bf16_matrix_units_train_in_bf16_by_default(monkeypatch, tmp_path, flags, accelerator, expected):
+    import boneage.training.train as train
+    from boneage.config import TrainConfig
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
+    monkeypatch.setattr(train, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    assert train.resolve_precision(TrainConfig(accelerator=accelerator)) == expected
+    assert train.resolve_precision(TrainConfig(accelerator=accelerator, precision="32-true")) == "32-true"

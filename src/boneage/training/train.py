@@ -27,12 +27,14 @@ from boneage.training.callbacks import AtomicCheckpointIO, EpochCSV, Heartbeat, 
 from boneage.training.datamodule import BoneAgeData
 from boneage.training.module import BoneAgeModule
 
+CPUINFO = Path("/proc/cpuinfo")
+
 
 def cpu_has_bf16_matrix_units() -> bool:
     """True on CPUs with AMX bf16 tiles (Intel Sapphire Rapids and later): oneDNN runs bf16 convolutions on them, and
     the training step is 2.5-3x faster than in float32. Without them bf16 is emulated and slower, so not the default."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = CPUINFO.read_text()
     except OSError:
         return False
     return "amx_bf16" in flags
@@ -87,6 +89,8 @@ def _check_resumable(last: Path) -> None:
 def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     """Train; returns the path of best.ckpt. Refused while another training holds the same run folder."""
     cfg.validate()  # before the run folder is made: a refused setting leaves nothing behind
+    if _is_extra_process():  # the processes DDP launches besides the first train quietly: one log per run
+        log = lambda message: None  # noqa: E731
     with _run_dir_lock(Path(cfg.out), create=not resume):
         return _train(cfg, resume, log)
 
