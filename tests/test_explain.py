@@ -17,10 +17,10 @@ from boneage.cli import main
 from boneage.config import ModelConfig, Preprocess
 from boneage.data.preprocess import resize
 from boneage.data.synthetic import MAX_AGE, make_dataset, make_image
-from boneage.explain.activations import DEFAULT_LAYERS, default_layers, resolve
-from boneage.explain.saliency import region_fraction, saliency, target_layer, to_original
+from boneage.explain.activations import cam_layer, default_layers, resolve
+from boneage.explain.saliency import region_fraction, saliency, to_original
 from boneage.inference.predictor import SHIPPED, Predictor
-from boneage.models import create_model, list_trunks
+from boneage.models import create_model, list_trunks, trunk_spec
 
 SIZE = 64
 # Two disjoint signal regions, each 16% of the image: a model that read its age anywhere else would put ~16% there.
@@ -112,9 +112,9 @@ def test_every_architecture_has_a_layer_spread_and_a_saliency_layer(arch):
     model = create_model(ModelConfig(arch=arch))
     layers = resolve(model, default_layers(model))
     assert 4 <= len(layers) <= 6
-    assert resolve(model, [target_layer(model)])
-    if arch in DEFAULT_LAYERS:
-        assert [n for n, _ in layers] == DEFAULT_LAYERS[arch]
+    assert resolve(model, [cam_layer(model)])
+    if trunk_spec(arch).layers:
+        assert [n for n, _ in layers] == list(trunk_spec(arch).layers)
 
 
 def _wide_image(folder: Path, name: str = "wide.png", seed: int = 7) -> Path:
@@ -137,7 +137,7 @@ def test_explain_cli_writes_figures_at_the_original_geometry(tiny_models, tmp_pa
     result = json.loads(capsys.readouterr().out)
     assert result["sex"] == "F" and 0 < result["bone_age_months"] < 260
     assert (result["width"], result["height"]) == (96, 64)
-    assert result["layers"] == DEFAULT_LAYERS["tiny_cnn"] and result["saliency_layer"] == "4"
+    assert result["layers"] == list(trunk_spec("tiny_cnn").layers) and result["saliency_layer"] == "4"
     sizes = {}
     for key in ("activations", "saliency", "overlay"):
         path = Path(result["files"][key])
@@ -203,6 +203,6 @@ def test_explain_with_the_shipped_model_on_a_non_square_film(tmp_path):
     path = tmp_path / "film.png"
     Image.fromarray(film).resize((150, 210), Image.BILINEAR).save(path)  # portrait, like most hand films
     result = explain_file(Predictor.load(), path, True, tmp_path / "out")
-    assert result["layers"] == DEFAULT_LAYERS["inception_v3"] and result["saliency_layer"] == "Mixed_7c"
+    assert result["layers"] == list(trunk_spec("inception_v3").layers) and result["saliency_layer"] == "Mixed_7c"
     with Image.open(result["files"]["overlay"]) as img:
         assert img.size == (150, 210)

@@ -5,14 +5,14 @@ import torch
 
 from boneage.config import ModelConfig
 from boneage.errors import UserError
-from boneage.models import MIN_SIZE, create_model, list_trunks
+from boneage.models import create_model, list_trunks, trunk_spec
 
 
 @pytest.mark.parametrize("arch", list_trunks())
 def test_trunk_forward_backward_gives_one_age_per_image(arch):
     torch.manual_seed(0)
     model = create_model(arch=arch)
-    size = max(MIN_SIZE[arch], 64)
+    size = max(trunk_spec(arch).min_size, 64)
     x, male = torch.randn(2, 3, size, size), torch.tensor([1.0, 0.0])
     age = model(x, male)
     assert age.shape == (2,) and torch.isfinite(age).all()

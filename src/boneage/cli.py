@@ -97,12 +97,12 @@ def cmd_train(args) -> int:
             raise UserError("train needs --images DIR and --labels CSV")
         if not args.out:
             cfg.out = str(Path("runs") / cfg.model.arch)
-        from boneage.models import MIN_SIZE, get_trunk
+        from boneage.models import trunk_spec
 
-        get_trunk(cfg.model.arch)
-        if cfg.preprocess.image_size < MIN_SIZE[cfg.model.arch]:
-            raise UserError(f"--image-size {cfg.preprocess.image_size}: {cfg.model.arch} needs at least "
-                            f"{MIN_SIZE[cfg.model.arch]} pixels")
+        least = trunk_spec(cfg.model.arch).min_size
+        if cfg.preprocess.image_size < least:
+            raise UserError(f"--image-size {cfg.preprocess.image_size}: {cfg.model.arch} needs at least {least} "
+                            "pixels")
     run(cfg, resume=args.resume, log=lambda m: print(m, file=sys.stderr))
     return 0
 

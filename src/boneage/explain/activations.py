@@ -12,51 +12,48 @@ from torch import nn
 
 from boneage.data.preprocess import to_model_input
 from boneage.errors import UserError
+from boneage.models.registry import TrunkSpec, trunk_spec
 
-# A spread from early (edges, texture) to late (the map the head pools), about five per architecture.
-DEFAULT_LAYERS = {
-    "inception_v3": ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"],
-    "resnet18": ["relu", "layer1", "layer2", "layer3", "layer4"],
-    "resnet50": ["relu", "layer1", "layer2", "layer3", "layer4"],
-    "resnet101": ["relu", "layer1", "layer2", "layer3", "layer4"],
-    "efficientnet_b0": ["features.1", "features.3", "features.5", "features.7", "features.8"],
-    "tiny_cnn": ["0", "1", "2", "4"],
-}
 # Modules that give no spatial map of their own (pooled, flattened, removed classifier parts).
 _NOT_STAGES = (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.Linear)
 
 
+def _spec(model: nn.Module) -> TrunkSpec:
+    return trunk_spec(model.cfg.arch)
+
+
 def core(model: nn.Module) -> nn.Module:
-    """The module whose children are the architecture's stages (the torchvision network inside a wrapper)."""
-    trunk = model.trunk
-    return trunk.net if hasattr(trunk, "net") else trunk
+    """The architecture's own network inside the trunk (its spec's `root`): layer names are relative to it."""
+    root = _spec(model).root
+    return model.trunk.get_submodule(root) if root else model.trunk
 
 
 def stage_names(model: nn.Module) -> list[str]:
     """The trunk's stages in forward order: what `--layers` lists when a name is unknown."""
-    names = []
-    for name, child in core(model).named_children():
-        if name == "features" and isinstance(child, nn.Sequential):  # efficientnet: the stages sit one level down
-            names += [f"features.{i}" for i in range(len(child))]
-        elif not isinstance(child, _NOT_STAGES):
-            names.append(name)
-    return names
+    under = _spec(model).stages
+    parent = core(model).get_submodule(under) if under else core(model)
+    return [f"{under}.{name}" if under else name for name, child in parent.named_children()
+            if not isinstance(child, _NOT_STAGES)]
 
 
 def default_layers(model: nn.Module, count: int = 5) -> list[str]:
-    """The architecture's spread, or for an unlisted one, `count` stages evenly spaced and ending at the last."""
-    arch = getattr(getattr(model, "cfg", None), "arch", "")
-    if arch in DEFAULT_LAYERS:
-        return list(DEFAULT_LAYERS[arch])
+    """The architecture's spread, or for one that names none, `count` stages evenly spaced and ending at the last."""
+    if _spec(model).layers:
+        return list(_spec(model).layers)
     stages = stage_names(model)
     picks = np.linspace(0, len(stages) - 1, min(count, len(stages))).round().astype(int)
     return [stages[i] for i in dict.fromkeys(picks)]
 
 
+def cam_layer(model: nn.Module) -> str:
+    """Saliency's layer: the spec's, else the last stage."""
+    return _spec(model).cam_layer or stage_names(model)[-1]
+
+
 def resolve(model: nn.Module, names: list[str], option: str = "--layers") -> list[tuple[str, nn.Module]]:
     """Names -> modules; an unknown name is a one-line UserError that lists the valid stage names."""
     modules = dict(core(model).named_modules())
-    prefix = "trunk.net." if hasattr(model.trunk, "net") else "trunk."
+    prefix = ".".join(["trunk", _spec(model).root]).rstrip(".") + "."
     out, unknown = [], []
     for name in names:
         short = name.removeprefix(prefix)  # a full `model.named_modules()` name is accepted too
@@ -65,7 +62,7 @@ def resolve(model: nn.Module, names: list[str], option: str = "--layers") -> lis
         else:
             unknown.append(name)
     if unknown:
-        arch = getattr(getattr(model, "cfg", None), "arch", "this model")
+        arch = model.cfg.arch
         stages = stage_names(model)
         example = next((n for n in modules if n.startswith(stages[-1] + ".")), None)
         also = f" (or a dotted sub-module, e.g. {example})" if example else ""

@@ -18,17 +18,12 @@ from torch import nn
 from boneage.config import Preprocess
 from boneage.data.preprocess import to_model_input
 from boneage.errors import UserError
-from boneage.explain.activations import resolve, stage_names
+from boneage.explain.activations import cam_layer, resolve
 
 # Methods whose map is linear in the layer's activations for given gradients, so the mean baseline below applies
 # exactly (Grad-CAM++ and XGrad-CAM derive their weights from the activations themselves).
 METHODS = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 LABELS = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
-# The last convolutional block: the finest map that still carries what the head pools (Selvaraju et al.'s choice).
-TARGET_LAYER = {"inception_v3": "Mixed_7c", "resnet18": "layer4", "resnet50": "layer4", "resnet101": "layer4",
-                "efficientnet_b0": "features.8", "tiny_cnn": "4"}  # tiny_cnn: the ReLU after its last conv
-
-
 @dataclass
 class Saliency:
     map: np.ndarray  # float32 (H, W) in [0, 1] on the original image's pixels; 1 = the image's most salient point
@@ -70,11 +65,6 @@ def _mean_baseline(cam_class):
             return super().get_cam_image(input_tensor, target_layer, targets, centred, grads, eigen_smooth)
 
     return MeanBaseline
-
-
-def target_layer(model: nn.Module) -> str:
-    arch = getattr(getattr(model, "cfg", None), "arch", "")
-    return TARGET_LAYER.get(arch) or stage_names(model)[-1]
 
 
 def to_original(square: np.ndarray, shape: tuple[int, int], pp: Preprocess,
@@ -121,7 +111,7 @@ def saliency(model: nn.Module, prepared: np.ndarray, male: bool, pp: Preprocess,
 
     baseline "mean" (default, see `_mean_baseline`) or "zero" (the method exactly as published)."""
     cam_class = _cam_class(method, baseline)
-    layer = layer or target_layer(model)
+    layer = layer or cam_layer(model)
     (name, module), = resolve(model, [layer], "--saliency-layer")
     device = next(model.parameters()).device
     # Gradients flow to the input only: the weights are frozen for the call, so no .grad buffers the size of the
@@ -155,4 +145,4 @@ def region_fraction(saliency_map: np.ndarray, box: tuple[float, float, float, fl
     return float(saliency_map[top:bottom, left:right].sum()) / total if total > 0 else 0.0
 
 
-__all__ = ["LABELS", "METHODS", "Saliency", "region_fraction", "saliency", "target_layer", "to_original"]
+__all__ = ["LABELS", "METHODS", "Saliency", "region_fraction", "saliency", "to_original"]

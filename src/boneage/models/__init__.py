@@ -3,7 +3,7 @@
 from boneage.config import ModelConfig
 from boneage.models import trunks as _trunks  # noqa: F401  (fills the registry)
 from boneage.models.net import BoneAgeNet, SexHead
-from boneage.models.registry import MIN_SIZE, get_trunk, list_trunks, register_trunk
+from boneage.models.registry import TrunkSpec, get_trunk, list_trunks, register_trunk, trunk_spec
 
 
 def create_model(cfg: ModelConfig | None = None, in_chans: int = 3, **overrides) -> BoneAgeNet:
@@ -18,4 +18,5 @@ def create_model(cfg: ModelConfig | None = None, in_chans: int = 3, **overrides)
     return BoneAgeNet(cfg, in_chans)
 
 
-__all__ = ["BoneAgeNet", "MIN_SIZE", "SexHead", "create_model", "get_trunk", "list_trunks", "register_trunk"]
+__all__ = ["BoneAgeNet", "SexHead", "TrunkSpec", "create_model", "get_trunk", "list_trunks", "register_trunk",
+           "trunk_spec"]

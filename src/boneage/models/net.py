@@ -8,7 +8,7 @@ from torch import nn
 from boneage.config import ModelConfig
 from boneage.errors import UserError
 from boneage.models.pooling import set_pool_impl
-from boneage.models.registry import get_trunk
+from boneage.models.registry import trunk_spec
 
 
 class SexHead(nn.Module):
@@ -41,9 +41,11 @@ class BoneAgeNet(nn.Module):
     def __init__(self, cfg: ModelConfig, in_chans: int = 3):
         super().__init__()
         self.cfg = cfg
-        self.trunk, width = get_trunk(cfg.arch)(in_chans)
-        if set_pool_impl(self.trunk, cfg.pool_impl) == 0 and cfg.pool_impl != "native":
+        spec = trunk_spec(cfg.arch)
+        if cfg.pool_impl != "native" and not spec.pool_impl:
             raise UserError(f"model: pool_impl {cfg.pool_impl!r} is for inception_v3; {cfg.arch} has no such pools")
+        self.trunk, width = spec.build(in_chans)
+        set_pool_impl(self.trunk, cfg.pool_impl)
         self.head = SexHead(width, cfg)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

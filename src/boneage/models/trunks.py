@@ -1,6 +1,9 @@
 """Trunks from torchvision, built from scratch (weights=None: the poster trains without pretrained weights).
 
-Each returns a module mapping (B, C, H, W) -> pooled features (B, F), with its classifier removed.
+Each returns a module mapping (B, C, H, W) -> pooled features (B, F), with its classifier removed. The decorator
+says the rest (`boneage.models.registry.TrunkSpec`): activation maps spread from early (edges, texture) to late (the
+map the head pools), and saliency on the last convolutional block: the finest map that still carries what the head
+pools (Selvaraju et al.'s choice).
 """
 
 from __future__ import annotations
@@ -71,9 +74,13 @@ class _Inception(nn.Module):
         return out.logits if hasattr(out, "logits") else out
 
 
-@register_trunk("inception_v3", min_size=75)
+@register_trunk("inception_v3", min_size=75, root="net", pool_impl=True, cam_layer="Mixed_7c",
+                layers=("Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"))
 def inception_v3(in_chans: int = 3):
     return _Inception(in_chans), 2048
+
+
+RESNET_LAYERS = ("relu", "layer1", "layer2", "layer3", "layer4")
 
 
 def _resnet(builder, in_chans: int):
@@ -84,22 +91,23 @@ def _resnet(builder, in_chans: int):
     return net, width
 
 
-@register_trunk("resnet101")
+@register_trunk("resnet101", layers=RESNET_LAYERS, cam_layer="layer4")
 def resnet101(in_chans: int = 3):
     return _resnet(tvm.resnet101, in_chans)
 
 
-@register_trunk("resnet50")
+@register_trunk("resnet50", layers=RESNET_LAYERS, cam_layer="layer4")
 def resnet50(in_chans: int = 3):
     return _resnet(tvm.resnet50, in_chans)
 
 
-@register_trunk("resnet18")
+@register_trunk("resnet18", layers=RESNET_LAYERS, cam_layer="layer4")
 def resnet18(in_chans: int = 3):
     return _resnet(tvm.resnet18, in_chans)
 
 
-@register_trunk("efficientnet_b0")
+@register_trunk("efficientnet_b0", stages="features", cam_layer="features.8",
+                layers=("features.1", "features.3", "features.5", "features.7", "features.8"))
 def efficientnet_b0(in_chans: int = 3):
     net = tvm.efficientnet_b0(weights=None)
     net.features[0][0] = _first_conv_channels(net.features[0][0], in_chans)
@@ -107,7 +115,7 @@ def efficientnet_b0(in_chans: int = 3):
     return net, 1280
 
 
-@register_trunk("tiny_cnn", min_size=16)
+@register_trunk("tiny_cnn", min_size=16, layers=("0", "1", "2", "4"), cam_layer="4")  # 4: the ReLU after its last conv
 def tiny_cnn(in_chans: int = 3):
     """A few-thousand-parameter CNN for tests and quick experiments on generated images."""
     def block(i, o):
