@@ -16,7 +16,7 @@ from pathlib import Path
 
 from boneage.assessment import Case, predict_prepared, prepare
 from boneage.batch import score
-from boneage.inference.onnx import load_predictor
+from boneage.inference.loading import load_predictor
 
 
 def main() -> None:

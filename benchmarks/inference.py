@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from boneage.data.synthetic import hand_phantom
-from boneage.inference.onnx import load_predictor
+from boneage.inference.loading import load_predictor
 from boneage.quality import read_checked
 
 
@@ -86,7 +86,7 @@ def latency(predictor, data: bytes, repeats: int, warmup: int = 3) -> dict:
     answer, first = None, None
     for i in range(warmup + repeats):
         checked, t_read = timed(lambda: read_checked(data, "bench.png"))
-        prepared, t_prep = timed(lambda checked=checked: predictor.prepare(checked.gray))
+        prepared, t_prep = timed(lambda checked=checked: predictor.model_input(checked.gray))
         months, t_model = timed(lambda prepared=prepared: predictor.predict_batch(prepared[None], [True]))
         answer, first = float(months[0]), first if first is not None else (t_read + t_prep + t_model) * 1000
         if i >= warmup:

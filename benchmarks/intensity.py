@@ -74,13 +74,13 @@ def main() -> int:
         print(f"{name:<15}" + "".join(f"{v:12.2f}" for v in row))
 
     if args.model:
-        from boneage.inference.predictor import Predictor
+        from boneage.inference.predictor import TorchPredictor
 
-        predictor = Predictor.load(args.model)
+        predictor = TorchPredictor.load(args.model)
         male = [True] * len(grays)
 
         def predict(gs):
-            return predictor.predict_batch(np.stack([predictor.prepare(g) for g in gs]), male)
+            return predictor.predict_batch(np.stack([predictor.model_input(g) for g in gs]), male)
 
         base = predict(grays)
         print(f"\nprediction change, months ({predictor.spec.model.arch}, intensity={predictor.preprocess.intensity})")

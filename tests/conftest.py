@@ -40,7 +40,7 @@ def trained(synthetic, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = TrainConfig(images=str(images), labels=str(labels), out=str(out), model=ModelConfig(arch="tiny_cnn"),
                       preprocess=Preprocess(image_size=64), epochs=14, batch_size=32, lr=3e-3, schedule="cosine",
-                      cache_dir=str(out.parent / "cache"))
+                      cache_dir=str(out.parent / "cache"), precision="32-true")  # the same model on every CPU
     run(cfg, log=lambda m: None)
     return out
 

@@ -77,7 +77,6 @@ def test_an_absurd_age_in_a_dicom_header_is_ignored_with_a_warning():
 def test_the_cli_and_the_service_give_the_same_record(trained, capsys):
     from fastapi.testclient import TestClient
 
-    from boneage.inference.predictor import Predictor
     from boneage.serving.app import create_app
     from boneage.serving.report import Reporter
 
@@ -87,10 +86,10 @@ def test_the_cli_and_the_service_give_the_same_record(trained, capsys):
     from_cli = json.loads(result.stdout)
     # the service always checks: compare with the CLI's checked run too
     checked = json.loads(cli("predict", EXAMPLE, "--model", model, "--sex", "M", "--age", 114, "--json").stdout)
-    from boneage.inference.onnx import load_predictor
+    from boneage.inference.loading import load_predictor
 
     # the service's default predictor, as `boneage serve` builds it: the same runtime as the CLI's default
-    client = TestClient(create_app(Reporter(load_predictor(model, "auto"), lambda: Predictor.load(model))))
+    client = TestClient(create_app(Reporter(load_predictor(model, "auto"))))
     r = client.post("/predict", files={"file": (str(EXAMPLE), EXAMPLE.read_bytes())},
                     data={"sex": "M", "chronological_age_months": "114"})
     assert r.status_code == 200, r.text
@@ -158,11 +157,11 @@ def two_models(trained, tmp_path_factory):
     import torch
 
     from boneage.config import to_dict
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
     from boneage.inference.weights import make_weights_file
 
     root = tmp_path_factory.mktemp("ensemble")
-    model, spec, _ = load_model(trained / "best.ckpt")
+    model, spec, _ = load_network(trained / "best.ckpt")
     state = {k: (v + 0.02 * torch.randn_like(v) if v.is_floating_point() and v.dim() > 1 else v)
              for k, v in model.state_dict().items()}
     torch.save(make_weights_file(state, to_dict(spec), "float32"), root / "b.pt")
@@ -191,13 +190,13 @@ def test_averaging_two_runs_gives_one_network_halfway_between_them(two_models, t
     is refused with one line."""
     import torch
 
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
 
     a, b = two_models
     result = cli("export", "--model", a, "--model", b, "--average", "--out", tmp_path / "soup.pt", "--storage",
                  "float32")
     assert result.returncode == 0, result.stderr
-    soup, wa, wb = (load_model(p)[0].state_dict() for p in (tmp_path / "soup.pt", a, b))
+    soup, wa, wb = (load_network(p)[0].state_dict() for p in (tmp_path / "soup.pt", a, b))
     name = next(k for k, v in wa.items() if v.is_floating_point() and v.dim() > 1)
     assert not torch.allclose(wa[name], wb[name])
     assert torch.allclose(soup[name], (wa[name] + wb[name]) / 2, atol=1e-6)
@@ -210,11 +209,11 @@ def test_runs_of_different_networks_do_not_average(two_models, tmp_path):
     import torch
 
     from boneage.config import to_dict
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
     from boneage.inference.weights import make_weights_file
 
     a, _ = two_models
-    model, spec, _ = load_model(a)
+    model, spec, _ = load_network(a)
     other = to_dict(spec)
     other["preprocess"]["image_size"] = 2 * other["preprocess"]["image_size"]
     torch.save(make_weights_file(model.state_dict(), other, "float32"), tmp_path / "big.pt")
@@ -225,27 +224,27 @@ def test_runs_of_different_networks_do_not_average(two_models, tmp_path):
 
 def test_an_unusually_uncertain_answer_is_flagged(trained):
     from boneage.assessment import Prepared, report
-    from boneage.inference.predictor import Predictor
+    from boneage.inference.predictor import TorchPredictor
 
-    predictor = Predictor.load(trained / "best.ckpt")
+    predictor = TorchPredictor.load(trained / "best.ckpt")
     predictor.card["uncertain_above_months"] = 3.0
     p = Prepared(Case(b"", name="x.png"), np.zeros((10, 10)), np.zeros((64, 64), np.uint8), True, "given", None, None)
     calm, wild = report(p, np.array([100.0, 101.0]), predictor), report(p, np.array([90.0, 110.0]), predictor)
-    assert not calm["uncertain"] and calm["uncertainty_months"] == 0.5
-    assert wild["uncertain"] and any("uncertain" in w for w in wild["warnings"])
+    assert not calm.uncertain and calm.uncertainty_months == 0.5
+    assert wild.uncertain and any("uncertain" in w for w in wild.warnings)
 
 
 def test_inference_reads_the_model_spec_not_the_training_options(trained, tmp_path):
     """A weights file whose training config has options this version does not know still loads and predicts."""
     import torch
 
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
 
     ckpt = torch.load(trained / "best.ckpt", map_location="cpu", weights_only=True)
     ckpt["boneage"]["config"]["an_option_removed_long_ago"] = 3
     ckpt["boneage"]["config"].pop("epochs")
     torch.save(ckpt, tmp_path / "old.ckpt")
-    model, spec, _ = load_model(tmp_path / "old.ckpt")
+    model, spec, _ = load_network(tmp_path / "old.ckpt")
     assert spec.model.arch == "tiny_cnn" and spec.training["an_option_removed_long_ago"] == 3
 
 

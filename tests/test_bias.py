@@ -70,7 +70,7 @@ def test_a_malformed_correction_in_a_model_file_is_refused_in_one_line(bad):
 
 def test_every_runtime_applies_the_model_files_correction_and_keeps_the_spread(trained, tmp_path):
     from boneage.inference.export import export_weights
-    from boneage.inference.onnx import load_predictor
+    from boneage.inference.loading import load_predictor
 
     shift = BiasCorrection((0.0, 240.0), {"all": (-10.0, 230.0)})  # the model reads 10 months young everywhere
     plain = export_weights(trained / "best.ckpt", tmp_path / "plain.pt", "float32")["path"]
@@ -94,9 +94,9 @@ def test_debias_writes_the_model_with_its_correction_and_the_table(trained, synt
     assert "| age" in done.stdout and "MAD after" in done.stdout
     figures = json.loads((report / "bias.json").read_text())
     assert figures["films"] == 360 and figures["folds"] == 5
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
 
-    _, spec, card = load_model(out)
+    _, spec, card = load_network(out)
     assert spec.bias_correction is not None
     assert spec.bias_correction.provenance["cross_fitted"]["mad_after"] == figures["mad_after"]
     assert card["validation_mad_months"] == pytest.approx(figures["mad_after"], abs=1e-3)

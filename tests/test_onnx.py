@@ -13,13 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
+import boneage
+
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'boneage[onnx]')")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'boneage[onnx]')")
 
 from boneage.config import ModelConfig, Preprocess, TrainConfig, to_dict  # noqa: E402
 from boneage.errors import UserError  # noqa: E402
-from boneage.inference.onnx import OnnxPredictor, export_onnx, load_predictor, onnx_for  # noqa: E402
-from boneage.inference.predictor import Predictor  # noqa: E402
+from boneage.inference.loading import load_predictor  # noqa: E402
+from boneage.inference.onnx import OnnxPredictor, export_onnx, onnx_for  # noqa: E402
+from boneage.inference.predictor import TorchPredictor  # noqa: E402
 from boneage.inference.weights import make_weights_file  # noqa: E402
 from boneage.models import create_model  # noqa: E402
 
@@ -81,14 +84,14 @@ def test_onnx_file_is_self_describing(exported, tiny):
     assert proto.opset_import[0].version >= 17
     assert [i.name for i in proto.graph.input] == ["image", "male"]
     predictor = OnnxPredictor(out)
-    assert predictor.spec.model == CFG.model and predictor.preprocess == Predictor.load(tiny).preprocess
+    assert predictor.spec.model == CFG.model and predictor.preprocess == TorchPredictor.load(tiny).preprocess
 
 
 def test_runtimes_agree_within_a_tenth_of_a_month(exported, tiny, images):
-    torch_p, onnx_p = Predictor.load(tiny), OnnxPredictor(exported[0])
+    torch_p, onnx_p = TorchPredictor.load(tiny), OnnxPredictor(exported[0])
     male = [True, False, True, False, False, True]
-    a = np.array([p.bone_age_months for p in torch_p.predict_files(images, male)])
-    b = np.array([p.bone_age_months for p in onnx_p.predict_files(images, male)])
+    a = np.array([boneage.assess(f, m, model=torch_p, check=False).bone_age_months for f, m in zip(images, male)])
+    b = np.array([boneage.assess(f, m, model=onnx_p, check=False).bone_age_months for f, m in zip(images, male)])
     assert np.ptp(a) > 1.0  # the images give different answers, so agreement means something
     assert np.abs(a - b).max() < 0.1
 
@@ -110,7 +113,7 @@ def test_load_predictor_exports_once_into_the_cache(tiny, tmp_path, monkeypatch)
     monkeypatch.setattr(module, "export_onnx", lambda *a, **k: pytest.fail("exported twice"))
     assert isinstance(load_predictor(tiny, "onnx", cache=cache), OnnxPredictor)
     assert onnx_for(first) == first  # an .onnx file is used as it is
-    assert isinstance(load_predictor(tiny, "torch"), Predictor)
+    assert isinstance(load_predictor(tiny, "torch"), TorchPredictor)
 
 
 def test_runtime_errors(tmp_path, exported):
@@ -156,7 +159,7 @@ def test_shipped_model_runtimes_agree(tmp_path, images):
     start = time.perf_counter()
     torch_p = load_predictor(None, "torch")
     onnx_p = load_predictor(None, "onnx", cache=tmp_path)
-    grays = np.stack([torch_p.prepare(np.asarray(Image.open(p), np.float32)) for p in images[:4]])
+    grays = np.stack([torch_p.model_input(np.asarray(Image.open(p), np.float32)) for p in images[:4]])
     a = torch_p.predict_batch(grays, [1, 0, 1, 0])
     b = onnx_p.predict_batch(grays, [1, 0, 1, 0])
     assert np.abs(a - b).max() < 0.1, (a, b)

@@ -96,9 +96,9 @@ def test_trunk_keeps_torchvisions_parameters_and_their_initialisation():
 
 def test_shipped_weights_predict_the_same_with_every_pool():
     """The shipped file loads into every variant (the state_dict keys are untouched) and predicts the same ages."""
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
 
-    model, cfg, _ = load_model()
+    model, cfg, _ = load_network()
     assert cfg.model.pool_impl == "native"  # a file written before the setting existed
     other = create_model(replace(cfg.model, pool_impl="conv"), in_chans=cfg.preprocess.channels).eval()
     other.load_state_dict(model.state_dict())  # strict: the same keys, nothing missing, nothing extra
@@ -151,8 +151,8 @@ def test_exported_weights_carry_the_reference_pools_and_runs_of_either_average(t
     """pool_impl is a training speed setting: weights leave in the form that runs everywhere (ONNX included), and a
     run with the fast pools averages with one with the native pools."""
     from boneage.config import ModelSpec, Preprocess, to_dict
+    from boneage.inference.checkpoint import load_network
     from boneage.inference.export import export_average, export_weights
-    from boneage.inference.predictor import load_model
     from boneage.inference.weights import make_weights_file
 
     files = []
@@ -162,6 +162,6 @@ def test_exported_weights_carry_the_reference_pools_and_runs_of_either_average(t
         files.append(tmp_path / f"{impl}.pt")
         torch.save(make_weights_file(net.state_dict(), to_dict(spec), "float16"), files[-1])
     export_weights(files[0], tmp_path / "out.pt", "float16")
-    assert load_model(tmp_path / "out.pt")[1].model.pool_impl == "native"
+    assert load_network(tmp_path / "out.pt")[1].model.pool_impl == "native"
     export_average(files, tmp_path / "soup.pt", "float16")
-    assert load_model(tmp_path / "soup.pt")[1].model.pool_impl == "native"
+    assert load_network(tmp_path / "soup.pt")[1].model.pool_impl == "native"

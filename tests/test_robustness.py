@@ -102,20 +102,20 @@ def test_preprocess_settings_are_checked():
 
 # ----------------------------------------------------------------------------------------------- test-time views
 def _tiny_predictor(tta: str, seed: int = 0):
-    from boneage.inference.predictor import Predictor
+    from boneage.inference.predictor import TorchPredictor
     from boneage.models import create_model
 
     torch.manual_seed(seed)
     cfg = TrainConfig(model=ModelConfig(arch="tiny_cnn"), preprocess=Preprocess(image_size=64))
     model = create_model(cfg.model)
     model.head.age_std.fill_(1e4)  # an untrained network barely depends on its input: magnify what it does
-    return Predictor(model, cfg, tta=tta)
+    return TorchPredictor(model, cfg, tta=tta)
 
 
 def test_with_flip_views_a_mirrored_film_gets_exactly_the_same_answer():
     film, _ = _film(0.2)
     flip, none = _tiny_predictor("flip"), _tiny_predictor("none")
-    a, b = flip.prepare(film), flip.prepare(film[:, ::-1].copy())
+    a, b = flip.model_input(film), flip.model_input(film[:, ::-1].copy())
     got = flip.predict_batch(np.stack([a, b]), [True, True])
     plain = none.predict_batch(np.stack([a, b]), [True, True])
     assert abs(plain[0] - plain[1]) > 0.1  # a network is not mirror-symmetric by itself
@@ -158,18 +158,18 @@ def test_age_balanced_weights_favour_rare_ages():
 @pytest.mark.slow
 def test_a_warm_start_begins_from_the_given_weights_on_the_given_validation_ids(trained, synthetic, tmp_path):
     from boneage.config import to_dict
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
     from boneage.training.train import run
 
     images, labels = synthetic
-    start, start_cfg, _ = load_model(trained / "best.ckpt")
+    start, start_cfg, _ = load_network(trained / "best.ckpt")
     cfg = TrainConfig(images=str(images), labels=str(labels), out=str(tmp_path / "warm"),
                       model=ModelConfig(**{**to_dict(start_cfg.model), "age_mean": 1.0, "age_std": 1.0}),
                       preprocess=start_cfg.preprocess, epochs=1, batch_size=32, lr=1e-9,
                       init_from=str(trained / "best.ckpt"), val_ids=str(trained / "val.csv"), balance=0.5,
                       cache_dir=str(tmp_path / "cache"))
     run(cfg, log=lambda m: None)
-    warm, warm_cfg, _ = load_model(tmp_path / "warm" / "last.ckpt")
+    warm, warm_cfg, _ = load_network(tmp_path / "warm" / "last.ckpt")
     assert warm_cfg.model.age_mean == start_cfg.model.age_mean  # the head's label scale comes with the weights
     a, b = start.state_dict(), warm.state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a

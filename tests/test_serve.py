@@ -22,12 +22,12 @@ EXAMPLE = REPO / "examples" / "14471.jpg"
 
 @pytest.fixture(scope="module")
 def app(trained):
-    from boneage.inference.predictor import Predictor
+    from boneage.inference.predictor import TorchPredictor
     from boneage.serving.app import create_app
     from boneage.serving.report import Reporter
 
     model = trained / "best.ckpt"
-    return create_app(Reporter(Predictor.load(model), lambda: Predictor.load(model)), max_upload_mb=2)
+    return create_app(Reporter(TorchPredictor.load(model)), max_upload_mb=2)
 
 
 @pytest.fixture(scope="module")

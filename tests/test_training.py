@@ -59,11 +59,12 @@ def test_resume_continues_the_interrupted_run(synthetic, tmp_path):
 
 
 def test_a_reloaded_checkpoint_predicts_the_same_numbers_in_a_new_process(trained, synthetic):
-    from boneage.inference.predictor import Predictor
+    import boneage
 
     images, _ = synthetic
     files = sorted(images.iterdir())[:4]
-    here = [p.bone_age_months for p in Predictor.load(trained / "best.ckpt").predict_files(files, [True] * 4)]
+    model = boneage.load_model(trained / "best.ckpt", runtime="torch")
+    here = [boneage.assess(f, "M", model=model, check=False).bone_age_months for f in files]
     result = run_cli("predict", *files, "--sex", "M", "--model", trained / "best.ckpt", "--json", "--no-checks")
     assert result.returncode == 0, result.stderr
     there = [json.loads(line)["bone_age_months"] for line in result.stdout.splitlines()]
@@ -80,17 +81,17 @@ def test_training_checkpoint_loads_with_weights_only(trained):
 def test_contrast_gamma_and_shift_barely_move_predictions(trained, synthetic):
     """The same films stored differently get nearly the same bone age (by far less than the model's MAD)."""
     from boneage.data.images import load_image
-    from boneage.inference.predictor import Predictor
+    from boneage.inference.predictor import TorchPredictor
 
     images, labels = synthetic
-    predictor = Predictor.load(trained / "best.ckpt")
+    predictor = TorchPredictor.load(trained / "best.ckpt")
     grays = [load_image(p) for p in sorted(images.iterdir())[:24]]
     male = [True] * len(grays)
     truth = {r.image.name: r.age_months for r in read_labels(labels, images).records}
-    base = predictor.predict_batch(np.stack([predictor.prepare(g) for g in grays]), male)
+    base = predictor.predict_batch(np.stack([predictor.model_input(g) for g in grays]), male)
     mad = np.mean(np.abs(base - [truth[p.name] for p in sorted(images.iterdir())[:24]]))
     for change in (lambda g: g * 0.5, lambda g: np.clip(g + 30, 0, 255), lambda g: 255 * (g / 255) ** 0.7):
-        moved = predictor.predict_batch(np.stack([predictor.prepare(change(g)) for g in grays]), male)
+        moved = predictor.predict_batch(np.stack([predictor.model_input(change(g)) for g in grays]), male)
         assert np.mean(np.abs(moved - base)) < 0.2 * max(mad, 1.0)
 
 

@@ -2,16 +2,10 @@
 
     read -> check -> sex and chronological age -> prepare -> predict (views x members) -> report
 
-The CLI (single files), batch scoring and the service only turn their input into a `Case` and print or return the
-record; the rules for sex, age and dates and the record's schema live here alone, so the doors cannot drift apart.
-`prepare` (decoding, checks, preprocessing: CPU, parallel) and `report` (after the batched forward pass) are separate
-so that a batch decodes the next films while the model runs.
-
-The record (JSON-ready): image, width, height, sex, sex_source ("given" | "dicom"), bone_age_months, bone_age
-("10 y 3 m"), uncertainty_months (the spread of the answers over test-time views and ensemble members), uncertain
-(that spread is unusually large for this model: read the number with care), chronological_age_months,
-chronological_age_source ("given" | "dates" | "dicom") and sds (when an age is known), warnings, dicom (DICOM files),
-model (arch, members, views, runtime, validation MAD). Doors may add their own extras (a heatmap, a preview, timing).
+The CLI (single films and batches), the service, the Python API and the hospital node only turn their input into a
+`Case` and print, return or send the record (`boneage.record.Assessment`); the rules for sex, age and dates live
+here alone, so the doors cannot drift apart. `prepare` (decoding, checks, preprocessing: CPU, parallel) and `report`
+(after the batched forward pass) are separate so that a batch decodes the next films while the model runs.
 """
 
 from __future__ import annotations
@@ -23,7 +17,8 @@ import numpy as np
 
 from boneage.data.labels import parse_sex
 from boneage.errors import UserError
-from boneage.sds import age_from_dates, bone_age_sds, format_years_months, parse_date
+from boneage.record import Assessment, ModelIdentity
+from boneage.sds import age_from_dates, bone_age_sds, parse_date
 
 MAX_CHRONOLOGICAL_MONTHS = 300.0  # 25 years: past any paediatric question; a larger figure is a typing or header error
 # Without a calibrated figure in the model card: twice the largest spread the test-time views usually give.
@@ -34,7 +29,7 @@ DEFAULT_UNCERTAIN_MONTHS = 6.0
 class Case:
     """What a caller knows about one radiograph. Sex and age fall back to the DICOM header."""
 
-    data: bytes | str | Path  # the file's bytes, or its path
+    data: bytes | str | Path | np.ndarray  # the file's bytes, its path, or the film itself (2-D gray, bone bright)
     name: str | None = None  # how messages and the record name it (default: the path)
     sex: str | bool | None = None  # M/F, male/female, true/false, 1/0, or a bool
     age_months: float | None = None  # chronological age
@@ -44,7 +39,10 @@ class Case:
 
     @property
     def label(self) -> str:
-        return self.name or ("<upload>" if isinstance(self.data, bytes) else str(self.data))
+        if self.name:
+            return self.name
+        return "<upload>" if isinstance(self.data, bytes) else "<array>" if isinstance(self.data, np.ndarray) \
+            else str(self.data)
 
 
 @dataclass
@@ -114,18 +112,21 @@ def check_dates(case: Case) -> None:
 def prepare(case: Case, predictor) -> Prepared:
     """Read, check, resolve sex and age, preprocess. Raises `UserError` (naming the film) on any refusal."""
     p = read(case)
-    p.pixels = predictor.prepare(p.gray)
+    p.pixels = predictor.model_input(p.gray)
     return p
 
 
 def read(case: Case) -> Prepared:
     """Everything but the preprocessing, which needs the model's settings: a refusal comes before any model work."""
     from boneage.data.images import read_image
-    from boneage.quality import read_checked
+    from boneage.quality import check_image, read_checked
 
     name = case.label
     check_dates(case)
-    if case.check:
+    if isinstance(case.data, np.ndarray):
+        gray = film_array(case.data, name)
+        dicom, warnings = None, check_image(gray, name) if case.check else []
+    elif case.check:
         checked = read_checked(case.data, name)
         gray, dicom, warnings = checked.gray, checked.dicom, list(checked.warnings)
     else:
@@ -137,17 +138,33 @@ def read(case: Case) -> Prepared:
     return Prepared(case, gray, None, male, sex_source, age, age_source, warnings, dicom, gray.shape)
 
 
+def film_array(data: np.ndarray, name: str) -> np.ndarray:
+    """A film given as an array (the Python API): 2-D, numeric, finite, as float32 gray (bone bright)."""
+    a = np.asarray(data)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):  # RGB(A) as Pillow or matplotlib give it: its luminance
+        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if a.ndim != 2 or a.size == 0 or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise UserError(f"{name}: a film as an array must be 2-D gray numbers, not {a.dtype} of shape {a.shape}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise UserError(f"{name}: the array holds NaN or infinite values")
+    return a
+
+
 def uncertain_threshold(predictor) -> float:
     """Spread (months) above which an answer is flagged: the model card's calibrated figure, else a default."""
     return float(predictor.card.get("uncertain_above_months") or DEFAULT_UNCERTAIN_MONTHS)
 
 
-def model_info(predictor) -> dict:
-    return {"arch": predictor.spec.model.arch, "members": predictor.members, "views": predictor.tta,
-            "runtime": predictor.runtime, "validation_mad_months": predictor.card.get("validation_mad_months")}
+def model_identity(predictor) -> ModelIdentity:
+    card = predictor.card
+    return ModelIdentity(name=card.get("name") or getattr(predictor, "name", None) or predictor.spec.model.arch,
+                         version=getattr(predictor, "version", None), arch=predictor.spec.model.arch,
+                         members=predictor.members, views=predictor.tta, runtime=predictor.runtime,
+                         validation_mad_months=card.get("validation_mad_months"))
 
 
-def report(p: Prepared, answers: np.ndarray, predictor) -> dict:
+def report(p: Prepared, answers: np.ndarray, predictor) -> Assessment:
     """The record for one prepared case and its answers (one per test-time view and ensemble member)."""
     answers = np.asarray(answers, dtype=np.float64).ravel()
     months = float(answers.mean())
@@ -158,20 +175,13 @@ def report(p: Prepared, answers: np.ndarray, predictor) -> dict:
         warnings.append(f"uncertain: the answers of the model's views disagree by ±{spread:.1f} months (flagged "
                         f"above ±{limit:.1f}); check the film and read the bone age with care")
     h, w = p.shape
-    record: dict = {
-        "image": p.case.label, "width": w, "height": h,
-        "sex": "M" if p.male else "F", "sex_source": p.sex_source,
-        "bone_age_months": round(months, 2), "bone_age": format_years_months(months),
-        "uncertainty_months": round(spread, 2), "uncertain": spread > limit,
-    }
-    if p.age_months is not None:
-        record |= {"chronological_age_months": round(p.age_months, 2), "chronological_age_source": p.age_source,
-                   "sds": bone_age_sds(months, p.age_months, p.male).to_dict()}
-    record["warnings"] = warnings
-    if p.dicom is not None:
-        record["dicom"] = p.dicom.header()
-    record["model"] = model_info(predictor)
-    return record
+    known = p.age_months is not None
+    return Assessment(
+        image=p.case.label, width=w, height=h, sex="M" if p.male else "F", sex_source=p.sex_source,
+        bone_age_months=months, uncertainty_months=spread, uncertain=spread > limit, model=model_identity(predictor),
+        chronological_age_months=p.age_months, chronological_age_source=p.age_source if known else None,
+        sds=bone_age_sds(months, p.age_months, p.male) if known else None, warnings=warnings,
+        dicom=p.dicom.header() if p.dicom is not None else None)
 
 
 def predict_prepared(predictor, prepared: list[Prepared], batch_size: int = 16) -> list[np.ndarray]:
@@ -184,9 +194,9 @@ def predict_prepared(predictor, prepared: list[Prepared], batch_size: int = 16) 
     return out
 
 
-def assess(case: Case | Prepared, predictor) -> tuple[dict, Prepared]:
+def assess(case: Case | Prepared, predictor) -> tuple[Assessment, Prepared]:
     """One case (or one already `read`) -> (record, what was prepared: for a heatmap or a preview)."""
     p = prepare(case, predictor) if isinstance(case, Case) else case
     if p.pixels is None:
-        p.pixels = predictor.prepare(p.gray)
+        p.pixels = predictor.model_input(p.gray)
     return report(p, predict_prepared(predictor, [p])[0], predictor), p

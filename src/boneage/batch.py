@@ -8,17 +8,14 @@ done (flushed), so a run that is stopped and started again on the same CSV skips
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from boneage.assessment import Case, Prepared, predict_prepared, prepare, report
+from boneage.assessment import Case, Prepared, model_identity, predict_prepared, prepare, report
 from boneage.data.labels import IMAGE_EXTENSIONS
 from boneage.errors import UserError
-
-COLUMNS = ["image", "sex", "sex_source", "bone_age_months", "bone_age", "uncertainty_months", "uncertain",
-           "chronological_age_months", "sds", "warnings", "error"]
+from boneage.record import COLUMNS, ModelIdentity, Refusal
 
 
 def list_films(paths: list[str | Path]) -> list[Path]:
@@ -35,26 +32,34 @@ def list_films(paths: list[str | Path]) -> list[Path]:
     return films
 
 
-def done_images(out: Path) -> set[str]:
-    """Images already in an existing output CSV (scored or refused): a second run skips them."""
+def done_images(out: Path, identity: ModelIdentity | None = None) -> set[str]:
+    """Images already in an existing output CSV (scored or refused): a second run skips them. A CSV written by
+    another model or with other test-time views is refused: its rows and this run's could not be told apart."""
     if not out.is_file():
         return set()
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != COLUMNS:
-            raise UserError(f"{out}: exists and is not a boneage batch CSV (columns {reader.fieldnames}); "
-                            "choose another --out")
-        return {row["image"] for row in reader}
+            raise UserError(f"{out}: exists and is not a boneage batch CSV of this version (columns "
+                            f"{', '.join(reader.fieldnames or [])[:200]}); choose another --out")
+        rows = list(reader)
+    if identity is not None:
+        want = _settings(identity.to_dict())
+        other = next((row for row in rows if _settings(row, "model_") != want), None)
+        if other is not None:
+            raise UserError(f"{out}: scored with other settings ({_describe(_settings(other, 'model_'))}); this run "
+                            f"uses {_describe(want)}; choose another --out")
+    return {row["image"] for row in rows}
 
 
-def _row(record: dict) -> dict:
-    sds = record.get("sds") or {}
-    return {"image": record["image"], "sex": record["sex"], "sex_source": record["sex_source"],
-            "bone_age_months": record["bone_age_months"], "bone_age": record["bone_age"],
-            "uncertainty_months": record["uncertainty_months"], "uncertain": record["uncertain"],
-            "chronological_age_months": record.get("chronological_age_months", ""),
-            "sds": "" if sds.get("sds") is None else sds["sds"],
-            "warnings": json.dumps(record["warnings"]) if record["warnings"] else "", "error": ""}
+def _settings(values: dict, prefix: str = "") -> tuple[str, ...]:
+    """What must match for two answers to stand in one CSV: the model, its version, the views, the members."""
+    return tuple(str(values.get(prefix + k) or "") for k in ("name", "version", "views", "members"))
+
+
+def _describe(settings: tuple[str, ...]) -> str:
+    name, version, views, members = settings
+    return f"model {name} {version or '?'}, views {views}, {members} member(s)"
 
 
 def _prepared(cases: list[Case], predictor, workers: int) -> Iterator[Prepared | tuple[Case, str]]:
@@ -73,7 +78,8 @@ def _prepared(cases: list[Case], predictor, workers: int) -> Iterator[Prepared |
 def score(cases: list[Case], predictor, out: Path, batch_size: int = 16, workers: int = 2,
           progress: Callable[[int], None] | None = None) -> dict:
     """Score `cases` into `out` (appending; films already there are skipped). Returns counts."""
-    done = done_images(out)
+    identity = model_identity(predictor)
+    done = done_images(out, identity)
     todo = [c for c in cases if c.label not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.is_file()
@@ -86,7 +92,7 @@ def score(cases: list[Case], predictor, out: Path, batch_size: int = 16, workers
 
         def flush() -> None:
             for p, answers in zip(batch, predict_prepared(predictor, batch, batch_size)):
-                writer.writerow(_row(report(p, answers, predictor)))
+                writer.writerow(report(p, answers, predictor).to_row())
             counts["scored"] += len(batch)
             f.flush()
             if progress:
@@ -96,7 +102,7 @@ def score(cases: list[Case], predictor, out: Path, batch_size: int = 16, workers
         for item in _prepared(todo, predictor, workers):
             if isinstance(item, tuple):
                 case, why = item
-                writer.writerow({"image": case.label, **{c: "" for c in COLUMNS[1:-1]}, "error": why})
+                writer.writerow(Refusal(case.label, why, identity).to_row())
                 counts["refused"] += 1
                 if progress:
                     progress(1)

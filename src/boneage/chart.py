@@ -173,6 +173,19 @@ def render(chart: Chart) -> bytes:
     return buf.getvalue()
 
 
+def chart_of(records: Sequence, out: str | Path) -> Path:
+    """The chart of assessed films (`boneage.record.Assessment`) of one child, written to `out`: each needs its
+    chronological age, and all one sex."""
+    dated = [r for r in records if r.chronological_age_months is not None]
+    if not dated:
+        raise UserError("the chart needs the chronological age (--age, --dob, or a DICOM header with it)")
+    if len({r.male for r in dated}) > 1:
+        raise UserError("the films are of a boy and a girl; one chart is for one child")
+    draw_chart([(r.chronological_age_months, r.bone_age_months, Path(r.image).name) for r in dated], dated[0].male,
+               out)
+    return Path(out)
+
+
 def draw_chart(points: Sequence, male: bool, out: str | Path | None = None) -> bytes:
     """PNG of the child's films on the Greulich & Pyle chart for the sex (see the module docstring).
 

@@ -124,8 +124,8 @@ def add_evaluate(sub) -> None:
 def cmd_evaluate(args) -> int:
     from boneage.evaluation.evaluate import evaluate
     from boneage.evaluation.metrics import format_report
-    from boneage.inference.onnx import load_predictor
-    from boneage.inference.predictor import default_model_path
+    from boneage.inference.checkpoint import default_model_path
+    from boneage.inference.loading import load_predictor
 
     predictor = load_predictor(args.model, tta=args.tta, device=args.device)
     result = evaluate(predictor, args.images, args.labels, args.out, args.batch_size, args.workers,
@@ -163,7 +163,7 @@ def add_precision(sub) -> None:
 
 def cmd_precision(args) -> int:
     from boneage.evaluation.precision import format_table, measure, select, write_outputs
-    from boneage.inference.onnx import load_predictor
+    from boneage.inference.loading import load_predictor
 
     select(args.family)  # an unknown family fails before the model loads
     predictor = load_predictor(args.model, tta=args.tta, device=args.device)
@@ -264,12 +264,11 @@ def _sexes_from_labels(labels: str, films) -> list[bool | None]:
 
 def cmd_predict(args) -> int:
     from boneage.assessment import assess, check_dates
-    from boneage.inference.onnx import load_predictor
+    from boneage.inference.loading import load_predictor
 
     batch = args.out is not None or any(Path(p).is_dir() for p in args.images)
-    if args.heatmap and args.runtime == "onnx":
-        raise UserError("--heatmap needs --runtime torch (saliency takes gradients)")
-    runtime = "torch" if args.heatmap else args.runtime
+    # With --heatmap the map needs the PyTorch network anyway: load only that one, unless a runtime is asked for.
+    runtime = "torch" if args.heatmap and args.runtime == "auto" else args.runtime
     if args.heatmap and Path(args.heatmap).exists() and not Path(args.heatmap).is_dir():
         raise UserError(f"--heatmap {args.heatmap}: exists and is not a folder")
     if batch and not args.out:
@@ -302,38 +301,26 @@ def cmd_predict(args) -> int:
         return 0
 
     used: set[str] = set()
-    points = []
+    records = []
     for i, case in enumerate(cases):
         record, prepared = assess(case, predictor)
-        case = prepared.case
-        for w in record["warnings"]:
-            print(f"boneage: warning: {case.label}: {w}", file=sys.stderr)
+        for w in record.warnings:
+            print(f"boneage: warning: {record.image}: {w}", file=sys.stderr)
         if args.heatmap:
-            from boneage.explain import heatmap_file  # grad-cam only when asked for: plain predict stays lean
+            from boneage.explain import heatmap_for  # grad-cam only when asked for: plain predict stays lean
 
-            stem = Path(case.label).stem
+            stem = Path(record.image).stem
             stem = f"{stem}-{i + 1}" if stem in used else stem  # a/x.png and b/x.png must not overwrite each other
             used.add(stem)
-            record["heatmap"] = str(heatmap_file(predictor, case.label, prepared.male,
-                                                 Path(args.heatmap) / f"{stem}_saliency.png", gray=prepared.gray))
-        if "chronological_age_months" in record:
-            points.append((record["chronological_age_months"], record["bone_age_months"], Path(case.label).name,
-                           prepared.male))
-        print(json.dumps(record) if args.json else format_record(record))
+            record.extras["heatmap"] = str(heatmap_for(predictor, record, prepared,
+                                                       Path(args.heatmap) / f"{stem}_saliency.png"))
+        records.append(record)
+        print(json.dumps(record.to_dict()) if args.json else format_record(record))
     if args.chart:
-        _chart(points, args.chart)
+        from boneage.chart import chart_of
+
+        print(f"chart: {chart_of(records, args.chart)}", file=sys.stderr)
     return 0
-
-
-def _chart(points, out: str) -> None:
-    from boneage.chart import draw_chart
-
-    if not points:
-        raise UserError("--chart needs the chronological age (--age, --dob, or a DICOM header with it)")
-    if len({m for *_, m in points}) > 1:
-        raise UserError("--chart: the films are of a boy and a girl; one chart is for one child")
-    draw_chart([(a, b, name) for a, b, name, _ in points], points[0][3], out)
-    print(f"chart: {out}", file=sys.stderr)
 
 
 def _progress(total: int):
@@ -356,32 +343,33 @@ def _progress(total: int):
     return Quiet()
 
 
-def format_record(record: dict) -> str:
+def format_record(record) -> str:
     """One line for a person: the bone age with its uncertainty, sex, and the comparison with the age, if known."""
     from boneage.sds import format_years_months
 
-    months = record["bone_age_months"]
-    line = (f"{record['image']}: {months:.1f} ± {record['uncertainty_months']:.1f} months ({record['bone_age']}), "
-            f"sex {record['sex']}")
-    sds = record.get("sds")
+    line = (f"{record.image}: {record.bone_age_months:.1f} ± {record.uncertainty_months:.1f} months "
+            f"({record.bone_age}), sex {record.sex}")
+    sds = record.sds
     if sds is not None:
-        age = record["chronological_age_months"]
+        age = record.chronological_age_months
         line += (f"; chronological age {age:.1f} months ({format_years_months(age)}), "
-                 f"difference {sds['difference_months']:+.1f} months")
-        line += (f", SDS {sds['sds']:+.2f} (simple {sds['sds_simple']:+.2f})" if sds["sds"] is not None
-                 else f"; no SDS: {sds['note']}")
-    if record["uncertain"]:
+                 f"difference {sds.difference_months:+.1f} months")
+        line += (f", SDS {sds.sds:+.2f} (simple {sds.sds_simple:+.2f})" if sds.sds is not None
+                 else f"; no SDS: {sds.note}")
+    if record.uncertain:
         line += "; UNCERTAIN: read with care"
-    return line + (f"; heatmap {record['heatmap']}" if record.get("heatmap") else "")
+    return line + (f"; heatmap {record.extras['heatmap']}" if record.extras.get("heatmap") else "")
 
 
 # -------------------------------------------------------------------------------------------------------- explain
 def add_explain(sub) -> None:
     p = sub.add_parser("explain", help="activation maps and a saliency overlay for one radiograph (PNG figures)")
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--sex", required=True, help="M or F")
-    p.add_argument("--model", help="checkpoint or weights file (default: the shipped model)")
+    p.add_argument("--sex", help="M or F; optional for a DICOM file that records PatientSex")
+    add_model_options(p)
     p.add_argument("--out", required=True, help="folder for the figures")
+    p.add_argument("--no-checks", dest="check", action="store_false",
+                   help="skip the quality checks (as predict --no-checks), for generated or unusual images")
     p.add_argument("--layers", help="comma list of layers for the activation figure (default: a spread, early to late)")
     p.add_argument("--method", default="gradcam", help="saliency method: gradcam, hirescam or layercam")
     p.add_argument("--saliency-layer", help="layer the saliency is computed on (default: the last convolutional block)")
@@ -390,23 +378,24 @@ def add_explain(sub) -> None:
 
 
 def cmd_explain(args) -> int:
+    from boneage.assessment import assess
     from boneage.explain import explain_file
-    from boneage.inference.predictor import Predictor
-    from boneage.sds import format_years_months
+    from boneage.inference.loading import load_predictor
 
-    male = parse_sexes(args.sex, 1)[0]
-    if not Path(args.image).is_file():
-        raise UserError(f"{args.image}: no such file")
     layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers is not None else None
     if layers == []:
         raise UserError("--layers: give at least one layer name")
-    result = explain_file(Predictor.load(args.model), args.image, male, args.out, layers, args.method,
-                          args.saliency_layer)
+    case = Case(data=Path(args.image), name=args.image, sex=args.sex, check=args.check)
+    from boneage.assessment import read
+
+    prepared = read(case)  # a refused film fails before the model loads
+    predictor = load_predictor(args.model, "torch", tta=args.tta)
+    record, prepared = assess(prepared, predictor)
+    result = explain_file(predictor, record, prepared, args.out, layers, args.method, args.saliency_layer)
     if args.json:
         print(json.dumps(result))
     else:
-        months = result["bone_age_months"]
-        print(f"{result['image']}: {months:.1f} months ({format_years_months(months)}), sex {result['sex']}")
+        print(format_record(record))
         for name, path in result["files"].items():
             print(f"  {name}: {path}")
     return 0
@@ -492,7 +481,7 @@ def add_export(sub) -> None:
 
 def cmd_export(args) -> int:
     from boneage.config import read_json
-    from boneage.inference.predictor import default_model_path
+    from boneage.inference.checkpoint import default_model_path
 
     models = args.model or [default_model_path()]
     card = read_json(args.card) if args.card else None

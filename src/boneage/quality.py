@@ -55,7 +55,7 @@ not be measured; the frames above are drawn, not real viewer exports. The checks
 (decoding included; 2.1 ms with the old trim; the resize dominates on large ones).
 
 The service's recipe: `checked = read_checked(upload_bytes, filename)` (raises `UserError`), then
-`predictor.prepare(checked.gray)`; `checked.warnings` and `checked.dicom` (sex, age, dates) go into the report.
+`predictor.model_input(checked.gray)`; `checked.warnings` and `checked.dicom` (sex, age, dates) go into the report.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class CheckedImage:
     """An input that passed every check: what the predictor needs, and what a report shows."""
 
     name: str
-    gray: np.ndarray  # float32 (H, W), bone bright: give it to `Predictor.prepare`
+    gray: np.ndarray  # float32 (H, W), bone bright: give it to `Predictor.model_input`
     warnings: list[str] = field(default_factory=list)
     dicom: DicomImage | None = None  # header facts (sex, age, study date) when the input was DICOM
 

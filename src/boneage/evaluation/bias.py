@@ -110,12 +110,12 @@ def debias(model, images: str, labels: str, out, report_dir=None, folds: int = 5
     (the same weights, in the same storage). Returns the figures; `report_dir` gets bias.json, bias.md and the
     answers per film."""
     from boneage.evaluation.evaluate import predict_labelled
+    from boneage.inference.checkpoint import default_model_path, file_sha256, load_network
     from boneage.inference.export import export_weights
-    from boneage.inference.onnx import file_sha256, load_predictor
-    from boneage.inference.predictor import default_model_path, load_model
+    from boneage.inference.loading import load_predictor
 
     model = Path(model) if model else default_model_path()
-    _, spec, card = load_model(model)  # an ensemble file is refused here, in one line
+    _, spec, card = load_network(model)  # an ensemble file is refused here, in one line
     predictor = load_predictor(model, "auto", log=log)
     predictor.spec = replace(predictor.spec, bias_correction=None)  # the raw answers: fit on what the network says
     records, answers, spread, skipped = predict_labelled(predictor, images, labels, batch_size, workers, log)

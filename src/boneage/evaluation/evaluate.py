@@ -22,7 +22,7 @@ class _Prepared(Dataset):
 
     def __init__(self, records: list[Record], predictor: Predictor):
         self.records, self.pp = records, predictor.preprocess
-        self.prepare = predictor.prepare
+        self.model_input = predictor.model_input
 
     def __len__(self) -> int:
         return len(self.records)
@@ -30,7 +30,7 @@ class _Prepared(Dataset):
     def __getitem__(self, i: int):
         r = self.records[i]
         try:
-            return torch.from_numpy(self.prepare(load_image(r.image))), r.male, i, ""
+            return torch.from_numpy(self.model_input(load_image(r.image))), r.male, i, ""
         except UserError as exc:
             return torch.zeros(self.pp.image_size, self.pp.image_size, dtype=torch.uint8), r.male, i, str(exc)
 

@@ -1,23 +1,19 @@
-"""The figure files of `boneage explain` (`explain_file`) and the overlay of `predict --heatmap` (`heatmap_file`)."""
+"""The figure files of `boneage explain` (`explain_file`) and the overlay of `predict --heatmap` (`heatmap_for`).
+
+Both explain an assessment already made (`boneage.assessment.assess`): their captions give its bone age (the mean
+over test-time views and ensemble members) and say which part of it the map shows: the film as given, not its
+mirror images, through the runtime's PyTorch network (an ensemble's first member).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from boneage.data.images import load_image
 from boneage.data.preprocess import region_fractions
 from boneage.errors import UserError
 from boneage.explain.activations import activations
-from boneage.explain.figures import activation_figure, age_text, saliency_figure, save_overlay
+from boneage.explain.figures import activation_figure, saliency_figure, save_overlay
 from boneage.explain.saliency import LABELS, METHODS, Saliency, saliency
-
-
-def _subtitle(predictor, image: str | Path, gray, sal: Saliency) -> str:
-    h, w = gray.shape
-    return (f"{Path(image).name}, {w} x {h} px. {LABELS[sal.method]} on {predictor.spec.model.arch} {sal.layer}, "
-            "target: the predicted age (warm = features that raise it concentrate here)")
 
 
 def _check_method(method: str) -> None:
@@ -25,42 +21,54 @@ def _check_method(method: str) -> None:
         raise UserError(f"--method: unknown saliency method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def heatmap_file(predictor, image: str | Path, male: bool, path: str | Path, method: str = "gradcam",
-                 layer: str | None = None, gray: np.ndarray | None = None) -> Path:
-    """The titled saliency figure (radiograph | overlay + colour bar) for one file, written to `path`.
+def caption(record) -> str:
+    """The assessment's answer, as every door prints it."""
+    return (f"bone age {record.bone_age_months:.1f} ± {record.uncertainty_months:.1f} months ({record.bone_age}), "
+            f"sex {record.sex}")
 
-    gray: the image already decoded (e.g. uploaded bytes in the service); `image` then only names it."""
+
+def _subtitle(predictor, record, sal: Saliency) -> str:
+    member = f", member 1 of {predictor.members}" if predictor.members > 1 else ""
+    return (f"{Path(record.image).name}, {record.width} x {record.height} px. {LABELS[sal.method]} on "
+            f"{predictor.spec.model.arch} {sal.layer}: the film as given{member} (its own answer "
+            f"{sal.bone_age_months:.1f} months); warm = features that raise the age concentrate here")
+
+
+def saliency_of(predictor, prepared, method: str = "gradcam", layer: str | None = None, shape=None) -> Saliency:
+    """The map of one prepared film on the runtime's PyTorch network, at `shape` (default: the film's own)."""
+    net = predictor.explainer()
+    return saliency(net.model, prepared.pixels, prepared.male, net.preprocess, shape or prepared.gray.shape, method,
+                    layer, region=region_fractions(prepared.gray, net.preprocess))
+
+
+def heatmap_for(predictor, record, prepared, path: str | Path, method: str = "gradcam",
+                layer: str | None = None) -> Path:
+    """The titled saliency figure (radiograph | overlay + colour bar) of one assessed film, written to `path`."""
     _check_method(method)
-    gray = load_image(image) if gray is None else gray
-    sal = saliency(predictor.model, predictor.prepare(gray), male, predictor.preprocess, gray.shape, method, layer,
-                   region=region_fractions(gray, predictor.preprocess))
-    return saliency_figure(gray, sal.map, Path(path), age_text(sal.bone_age_months, male),
-                           _subtitle(predictor, image, gray, sal))
+    sal = saliency_of(predictor, prepared, method, layer)
+    return saliency_figure(prepared.gray, sal.map, Path(path), caption(record), _subtitle(predictor, record, sal))
 
 
-def explain_file(predictor, image: str | Path, male: bool, out: str | Path, layers: list[str] | None = None,
+def explain_file(predictor, record, prepared, out: str | Path, layers: list[str] | None = None,
                  method: str = "gradcam", saliency_layer: str | None = None) -> dict:
     """Writes OUT/<stem>_activations.png, <stem>_saliency.png (titled figure) and <stem>_overlay.png (bare overlay at
-    the original resolution); returns the prediction and the paths."""
+    the original resolution) for one assessed film; returns the record's JSON with the layers and the paths."""
     _check_method(method)
-    out, stem = Path(out), Path(image).stem
-    gray = load_image(image)
-    prepared = predictor.prepare(gray)
-    pp = predictor.preprocess
-    acts, _ = activations(predictor.model, prepared, male, pp, layers)  # first: a bad --layers fails fast
-    sal = saliency(predictor.model, prepared, male, pp, gray.shape, method, saliency_layer,
-                   region=region_fractions(gray, pp))
-    h, w = gray.shape
-    title = age_text(sal.bone_age_months, male)
+    out, stem = Path(out), Path(record.image).stem
+    net = predictor.explainer()
+    pp = net.preprocess
+    acts, _ = activations(net.model, prepared.pixels, prepared.male, pp, layers)  # first: a bad --layers fails fast
+    sal = saliency_of(predictor, prepared, method, saliency_layer)
+    h, w = prepared.gray.shape
+    title = caption(record)
     files = {
-        "activations": activation_figure(prepared, acts, out / f"{stem}_activations.png",
-                                         f"{Path(image).name}: activations, early to late ({predictor.spec.model.arch})"
-                                         f" - {title}", pixel_aspect=h / w if pp.resize == "stretch" else 1.0),
-        "saliency": saliency_figure(gray, sal.map, out / f"{stem}_saliency.png", title,
-                                    _subtitle(predictor, image, gray, sal)),
-        "overlay": save_overlay(gray, sal.map, out / f"{stem}_overlay.png"),
+        "activations": activation_figure(prepared.pixels, acts, out / f"{stem}_activations.png",
+                                         f"{Path(record.image).name}: activations, early to late "
+                                         f"({predictor.spec.model.arch}) - {title}",
+                                         pixel_aspect=h / w if pp.resize == "stretch" else 1.0),
+        "saliency": saliency_figure(prepared.gray, sal.map, out / f"{stem}_saliency.png", title,
+                                    _subtitle(predictor, record, sal)),
+        "overlay": save_overlay(prepared.gray, sal.map, out / f"{stem}_overlay.png"),
     }
-    return {"image": str(image), "sex": "M" if male else "F", "bone_age_months": round(sal.bone_age_months, 2),
-            "bone_age_years": round(sal.bone_age_months / 12, 2), "method": sal.method, "saliency_layer": sal.layer,
-            "layers": [name for name, _ in acts], "width": w, "height": h,
-            "files": {k: str(v) for k, v in files.items()}}
+    return record.to_dict() | {"method": sal.method, "saliency_layer": sal.layer,
+                               "layers": [name for name, _ in acts], "files": {k: str(v) for k, v in files.items()}}

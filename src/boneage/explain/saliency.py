@@ -107,7 +107,7 @@ def _cam_class(method: str, baseline: str):
 def saliency(model: nn.Module, prepared: np.ndarray, male: bool, pp: Preprocess, original_shape: tuple[int, int],
              method: str = "gradcam", layer: str | None = None, baseline: str = "mean",
              region: tuple[float, float, float, float] | None = None) -> Saliency:
-    """uint8 (S, S) prepared image (from `Predictor.prepare`) -> saliency on the original (H, W) and the prediction.
+    """uint8 (S, S) prepared image (from `Predictor.model_input`) -> saliency on the original (H, W) and the prediction.
 
     baseline "mean" (default, see `_mean_baseline`) or "zero" (the method exactly as published)."""
     cam_class = _cam_class(method, baseline)

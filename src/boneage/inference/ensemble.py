@@ -23,6 +23,8 @@ class Ensemble:
         self.parts = members
         self.spec, self.tta, self.runtime = first.spec, first.tta, first.runtime
         self.members = len(members)
+        self.name = " + ".join(m.name for m in members)
+        self.version = "+".join(m.version or "?" for m in members)
         # An ensemble's own MAD is not any member's: it is known only from a card packed with it (`export`).
         self.card = {"members": [m.card for m in members], "uncertain_above_months":
                      max((m.card.get("uncertain_above_months") or 0) for m in members) or None,
@@ -33,13 +35,12 @@ class Ensemble:
     def preprocess(self):
         return self.spec.preprocess
 
-    @property
-    def model(self):
-        """The first member's network: what a saliency map is drawn from."""
-        return self.parts[0].model
+    def explainer(self):
+        """The first member's network: what a saliency map is drawn from (its caption says so)."""
+        return self.parts[0].explainer()
 
-    def prepare(self, gray: np.ndarray) -> np.ndarray:
-        return self.parts[0].prepare(gray)
+    def model_input(self, gray: np.ndarray) -> np.ndarray:
+        return self.parts[0].model_input(gray)
 
     def predict_views(self, images, male) -> np.ndarray:
         """(members x views, B) months."""

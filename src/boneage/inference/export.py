@@ -12,7 +12,7 @@ import torch
 from boneage.bias import BiasCorrection
 from boneage.config import to_dict
 from boneage.errors import UserError
-from boneage.inference.predictor import load_model
+from boneage.inference.checkpoint import load_network
 from boneage.inference.weights import ENSEMBLE_FORMAT, make_weights_file
 
 
@@ -55,7 +55,7 @@ def export_weights(model_path, out, storage: str = "int8", card: dict | None = N
                    calibration: dict | None = None, bias_correction: BiasCorrection | None = None) -> dict:
     """A training checkpoint (or weights file) -> a compact weights file. Returns {"path", "bytes", "storage"}.
     `bias_correction` replaces the model's own (`boneage debias` fits one)."""
-    model, spec, old_card = load_model(model_path)
+    model, spec, old_card = load_network(model_path)
     if bias_correction is not None:
         spec = replace(spec, bias_correction=bias_correction)
     data, result = _compact(model, spec, storage, card if card is not None else old_card, calibration)
@@ -67,7 +67,7 @@ def export_ensemble(model_paths, out, storage: str = "int8", card: dict | None =
     """Several checkpoints or weights files -> one file that `predict`, `evaluate` and `serve` load as an ensemble."""
     members = []
     for path in model_paths:
-        model, spec, member_card = load_model(path)
+        model, spec, member_card = load_network(path)
         members.append(make_weights_file(model.state_dict(), _portable(spec), storage, member_card))
     data = {"format": ENSEMBLE_FORMAT, "members": members, "card": card or {}}
     out = _save(data, out)
@@ -82,7 +82,7 @@ def export_average(model_paths, out, storage: str = "int8", card: dict | None = 
     average is usually as good as the better run, and sometimes as good as both as an ensemble, at the size and speed
     of one network. Runs from scratch do not average: measure the result (`boneage evaluate`) before shipping it.
     Batch-norm running statistics are averaged too, which is close to, not the same as, re-estimating them."""
-    models = [load_model(path) for path in model_paths]
+    models = [load_network(path) for path in model_paths]
     _, first_spec, first_card = models[0]
     for path, (_, spec, _) in zip(model_paths[1:], models[1:]):
         if _portable(spec)["model"] != _portable(first_spec)["model"] or spec.preprocess != first_spec.preprocess:

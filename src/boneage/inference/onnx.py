@@ -1,4 +1,4 @@
-"""ONNX export of a boneage network, and an ONNX Runtime predictor with the same surface as `Predictor`.
+"""ONNX export of a boneage network, and an ONNX Runtime predictor with the `Predictor` surface.
 
 The ONNX file is self-describing: its metadata holds the model spec (network and preprocessing) as JSON under
 `boneage.config`, so `OnnxPredictor` prepares images exactly as the checkpoint was trained, from the file alone.
@@ -6,14 +6,13 @@ The ONNX file is self-describing: its metadata holds the model spec (network and
     graph inputs:  image float32 (B, C, S, S), standardised as `to_model_input` makes it;  male float32 (B,) 1/0
     graph output:  bone_age_months float32 (B,)          (B is dynamic)
 
-`load_predictor(model, runtime)` is what `predict` and `serve` call: runtime "torch" -> `Predictor`; "onnx" ->
-`OnnxPredictor` on a .onnx file, or on a .pt/.ckpt exported once into a cache keyed by the file's SHA-256.
-Neither Lightning nor the training code is imported; onnx and onnxruntime only when used (the `onnx` extra).
+`boneage.inference.loading.load_predictor` converts a .pt/.ckpt once into a cache keyed by the file's SHA-256
+(`onnx_for`). Neither Lightning nor the training code is imported; onnx and onnxruntime only when used (the `onnx`
+extra).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -26,7 +25,8 @@ import boneage.inference.tta as tta_views
 from boneage.config import ModelSpec, Preprocess, to_dict
 from boneage.data.preprocess import preprocess_gray, to_model_input
 from boneage.errors import UserError
-from boneage.inference.predictor import EnsembleFile, Predictor, default_model_path, load_model, load_torch
+from boneage.inference.checkpoint import default_model_path, file_sha256, load_network
+from boneage.inference.predictor import TorchPredictor
 
 OPSET = 17
 EXPORT_VERSION = 1  # part of the cache key: bump when the exported graph changes
@@ -41,14 +41,6 @@ def _need(module: str):
         raise UserError(f"the ONNX runtime needs {module} (pip install 'boneage[onnx]')") from None
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPSET, log=None) -> dict:
     """Checkpoint or weights file -> ONNX file with the config in its metadata, checked in ONNX Runtime.
 
@@ -57,7 +49,7 @@ def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPS
     """
     onnx = _need("onnx")
     model_path = Path(model_path) if model_path else default_model_path()
-    model, spec, card = load_model(model_path)
+    model, spec, card = load_network(model_path)
     if log:
         log(f"converting {model_path.name} for ONNX Runtime once (~20 s for Inception v3), kept in {Path(out).parent}")
     pp = spec.preprocess
@@ -94,15 +86,18 @@ def export_onnx(model_path: str | Path | None, out: str | Path, opset: int = OPS
 
 
 class OnnxPredictor:
-    """ONNX Runtime behind `Predictor`'s surface: `prepare`, `predict_views`, `predict_batch`, `preprocess`, `spec`."""
+    """ONNX Runtime behind the `Predictor` surface. `source`: the PyTorch file it was converted from, if known: what
+    saliency maps are drawn from (ONNX Runtime takes no gradients)."""
 
     runtime = "onnx"
     members = 1
 
-    def __init__(self, path: str | Path, threads: int | None = None, tta: str = tta_views.DEFAULT):
+    def __init__(self, path: str | Path, threads: int | None = None, tta: str = tta_views.DEFAULT,
+                 source: str | Path | None = None):
         ort = _need("onnxruntime")
         self.tta = tta_views.check(tta)
         self.path = Path(path)
+        self.source = Path(source) if source and Path(source).suffix.lower() != ".onnx" else None
         if not self.path.is_file():
             raise UserError(f"{self.path}: no such ONNX file")
         options = ort.SessionOptions()
@@ -117,17 +112,16 @@ class OnnxPredictor:
             raise UserError(f"{self.path}: ONNX file without a boneage config (export it with `boneage export`)")
         self.spec = ModelSpec.from_config(json.loads(meta[META_CONFIG]), f"{self.path} metadata")
         self.card: dict = json.loads(meta.get(META_CARD, "{}"))
-
-    @classmethod
-    def load(cls, path: str | Path, threads: int | None = None, tta: str = tta_views.DEFAULT) -> OnnxPredictor:
-        return cls(path, threads, tta)
+        # The version of the weights it was converted from: the same figure as the PyTorch runtime reports.
+        self.version = meta[META_SOURCE][:12] if META_SOURCE in meta else None
+        self.name = str(self.card.get("name") or (self.source or self.path).stem)
+        self._explainer: TorchPredictor | None = None
 
     @property
     def preprocess(self) -> Preprocess:
         return self.spec.preprocess
 
-    def prepare(self, gray: np.ndarray) -> np.ndarray:
-        """Float gray image of any size -> uint8 (S, S) model input (the one preprocessing)."""
+    def model_input(self, gray: np.ndarray) -> np.ndarray:
         return preprocess_gray(gray, self.preprocess)
 
     def run(self, image: np.ndarray, male: np.ndarray) -> np.ndarray:
@@ -137,15 +131,22 @@ class OnnxPredictor:
         return self.session.run([OUTPUT], feeds)[0]
 
     def predict_views(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
-        """uint8 (B, S, S) prepared images and (B,) male flags -> (V, B) months, one row per test-time view."""
         return tta_views.predict_views(lambda x, m: self.run(x.numpy(), m), images, male, self.preprocess, self.tta,
                                        self.spec.bias_correction)
 
     def predict_batch(self, images: np.ndarray | torch.Tensor, male) -> np.ndarray:
-        """uint8 (B, S, S) prepared images and (B,) male flags -> (B,) bone age in months (the mean over views)."""
         return self.predict_views(images, male).mean(axis=0)
 
-    predict_files = Predictor.predict_files  # the same loop: it only calls self.prepare and self.predict_batch
+    def explainer(self) -> TorchPredictor:
+        """The source weights in PyTorch, loaded on first use."""
+        if self._explainer is None:
+            if self.source is None:
+                raise UserError(f"{self.path}: saliency maps need the PyTorch weights this ONNX file was exported "
+                                "from (give them with --model FILE.pt)")
+            from boneage.inference.loading import load_torch
+
+            self._explainer = load_torch(self.source, tta=self.tta)
+        return self._explainer
 
 
 def cache_dir() -> Path:
@@ -160,47 +161,8 @@ def onnx_for(model: str | Path | None = None, cache: str | Path | None = None, l
     if path.suffix.lower() == ".onnx":
         return path
     if not path.is_file():
-        load_model(path)  # raises the usual UserError (no shipped model / no such checkpoint)
+        load_network(path)  # raises the usual UserError (no shipped model / no such checkpoint)
     target = Path(cache or cache_dir()) / f"{file_sha256(path)[:24]}-v{EXPORT_VERSION}-opset{OPSET}.onnx"
     if not target.is_file():
         export_onnx(path, target, log=log)
     return target
-
-
-def onnx_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
-
-
-def load_predictor(model=None, runtime: str = "torch", threads: int | None = None, cache: str | Path | None = None,
-                   tta: str = tta_views.DEFAULT, device: str = "cpu", log=None):
-    """A predictor for `model` on runtime "torch", "onnx" or "auto": a path (None: BONEAGE_MODEL or the shipped
-    model), or a list of paths (an ensemble, pooled over members and test-time views).
-
-    "auto" is ONNX Runtime on the CPU when it is installed (the model runs near this CPU's compute floor there, at
-    about half of PyTorch's time: docs/benchmarks.md), PyTorch otherwise, on a GPU, or for a file ONNX cannot take
-    (an ensemble file)."""
-    if isinstance(model, (list, tuple)):
-        if len(model) > 1:
-            from boneage.inference.ensemble import Ensemble
-
-            return Ensemble([load_predictor(m, runtime, threads, cache, tta, device) for m in model],
-                            [str(m) for m in model])
-        model = model[0] if model else None
-    if runtime == "auto":
-        if device == "cpu" and onnx_available():
-            try:
-                return OnnxPredictor(onnx_for(model, cache, log), threads, tta)
-            except EnsembleFile:  # ONNX takes one network: the ensemble runs on PyTorch
-                pass
-        runtime = "torch"
-    if runtime == "torch":
-        if model and Path(model).suffix.lower() == ".onnx":
-            raise UserError(f"{model}: an ONNX file needs --runtime onnx")
-        if threads:
-            torch.set_num_threads(threads)
-        return load_torch(model, device=device, tta=tta)
-    if runtime == "onnx":
-        return OnnxPredictor(onnx_for(model, cache, log), threads, tta)
-    raise UserError(f"unknown runtime {runtime!r}; expected auto, torch or onnx")

@@ -238,7 +238,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
 
 def build(model=None, runtime: str = "auto", max_upload_mb: float = 64.0, tta: str = "flip") -> FastAPI:
     """model: a path, a list of paths (an ensemble) or None (the shipped model)."""
-    from boneage.inference.onnx import load_predictor
+    from boneage.inference.loading import load_predictor
 
     predictor = load_predictor(model, runtime, tta=tta)
-    return create_app(Reporter(predictor, lambda: load_predictor(model, "torch", tta=tta)), max_upload_mb)
+    return create_app(Reporter(predictor), max_upload_mb)

@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 from boneage.assessment import Case, predict_prepared, prepare, report
-from boneage.data.preprocess import region_fractions
 
 
 @dataclass
@@ -53,19 +52,10 @@ def _preview(gray: np.ndarray, longest: int = 768) -> np.ndarray:
 class Reporter:
     """Holds the predictor (and, for heatmaps, a PyTorch model); makes reports. Thread-safe."""
 
-    def __init__(self, predictor, heatmap_predictor_factory=None):
+    def __init__(self, predictor):
         self.predictor = predictor
-        self._heatmap_factory = heatmap_predictor_factory
-        self._heatmap_predictor = None
         # One inference at a time: on a few cores, parallel forward passes only fight over the same threads.
         self._lock = threading.Lock()
-
-    def _torch_predictor(self):
-        if self.predictor.runtime == "torch":
-            return self.predictor
-        if self._heatmap_predictor is None:
-            self._heatmap_predictor = self._heatmap_factory()
-        return self._heatmap_predictor
 
     def report(self, data: bytes, name: str, inputs: Inputs) -> dict:
         """The one assessment's record (`boneage.assessment`), plus what a page shows: heatmap, preview, timing."""
@@ -75,23 +65,22 @@ class Reporter:
         prepared = prepare(case, self.predictor)  # decoding + quality checks; UserError on refusal
         with self._lock:
             answers = predict_prepared(self.predictor, [prepared])[0]
-        out = report(prepared, answers, self.predictor)
+        record = report(prepared, answers, self.predictor)
+        out = record.extras
         small = _preview(prepared.gray) if inputs.heatmap or inputs.preview else None
         if inputs.heatmap:
             from boneage.explain.figures import overlay_rgb
-            from boneage.explain.saliency import saliency
+            from boneage.explain.files import saliency_of
 
-            torch_predictor = self._torch_predictor()
             with self._lock:  # the map straight at the preview's size: never a full-resolution copy of a large film
-                sal = saliency(torch_predictor.model, prepared.pixels, prepared.male, torch_predictor.preprocess,
-                               small.shape, region=region_fractions(prepared.gray, torch_predictor.preprocess))
+                sal = saliency_of(self.predictor, prepared, shape=small.shape)
             out["heatmap_png"] = _png_b64(overlay_rgb(small.astype(np.float32), sal.map))
         if inputs.preview:
             out["preview_png"] = _png_b64(small)
-        if inputs.chart and "chronological_age_months" in out:
+        if inputs.chart and record.chronological_age_months is not None:
             from boneage.chart import draw_chart
 
-            png = draw_chart([(out["chronological_age_months"], out["bone_age_months"], name)], prepared.male)
+            png = draw_chart([(record.chronological_age_months, record.bone_age_months, name)], record.male)
             out["chart_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
         out["elapsed_ms"] = round(1000 * (time.perf_counter() - t0), 1)
-        return out
+        return record.to_dict()

@@ -38,7 +38,7 @@ def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: i
     torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest convolutions, as train does
     data = BoneAgeData(cfg, log=log)
-    data.prepare(save=False)
+    data.load_split(save=False)
     if dev.type == "cuda" and cfg.device_cache != "off":
         data.train_set = data.train_set.to(dev)
     loader = data.train_dataloader()

@@ -74,7 +74,7 @@ class BoneAgeData(L.LightningDataModule):
         self.train_set: TensorBatches | None = None
         self.val_set: TensorBatches | None = None
 
-    def prepare(self, save: bool = True) -> tuple[list[Record], list[Record]]:
+    def load_split(self, save: bool = True) -> tuple[list[Record], list[Record]]:
         """Read labels, split, decode. Called once before the Trainer starts (and so before any DDP fork)."""
         cfg = self.cfg
         table = read_labels(cfg.labels, cfg.images)
@@ -96,7 +96,7 @@ class BoneAgeData(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.prepare()
+            self.load_split()
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         if device.type == "cuda" and self._fits_on(device):
             self.train_set, self.val_set = self.train_set.to(device), self.val_set.to(device)

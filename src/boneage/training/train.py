@@ -110,7 +110,7 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it
 
     data = BoneAgeData(cfg, log=log)
-    train, val = data.prepare()
+    train, val = data.load_split()
     init = _initial_weights(cfg) if cfg.init_from and not resume else None
     if init is not None:  # a warm restart keeps the label scale its head was trained with
         cfg.model = replace(cfg.model, age_mean=init[1].age_mean, age_std=init[1].age_std)
@@ -161,9 +161,9 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
 
 def _initial_weights(cfg: TrainConfig):
     """(state dict, its ModelConfig) of `cfg.init_from`, which must be the same network as `cfg.model`."""
-    from boneage.inference.predictor import load_model
+    from boneage.inference.checkpoint import load_network
 
-    model, spec, _ = load_model(cfg.init_from)
+    model, spec, _ = load_network(cfg.init_from)
     if spec.model.arch != cfg.model.arch or tuple(spec.model.hidden) != tuple(cfg.model.hidden) \
             or spec.model.sex_units != cfg.model.sex_units:
         raise UserError(f"{cfg.init_from}: a {spec.model.arch} {spec.model.hidden}; this run trains a "
