@@ -212,6 +212,9 @@ def add_predict(sub) -> None:
     p.add_argument("--heatmap", metavar="DIR", help="also write a saliency overlay PNG per image into DIR")
     p.add_argument("--chart", metavar="FILE.png", help="draw the films on the Greulich & Pyle chart (needs the "
                                                         "chronological age; one child, one or several films)")
+    p.add_argument("--dicom-out", metavar="DIR", help="also write each DICOM film's answer as a Structured Report and "
+                                                       "a picture (Secondary Capture) into DIR, as `boneage node` "
+                                                       "sends them; a refused film gets both too, saying why")
     g = p.add_argument_group("batch scoring (a folder, or --out): a CSV row per film, refusals included")
     g.add_argument("--out", metavar="FILE.csv", help="write rows here; run again to continue (done films are skipped)")
     g.add_argument("--workers", type=int, default=2, help="threads decoding while the model runs")
@@ -255,6 +258,10 @@ def cmd_predict(args) -> int:
         sexes = [s if s is not None else m for s, m in zip(sexes, _sexes_from_labels(args.labels, films))]
     cases = [_case(f, s, args) for f, s in zip(films, sexes)]
     check_dates(cases[0])  # a malformed date fails before the model loads
+    if args.dicom_out:
+        if batch or args.heatmap or args.chart:
+            raise UserError("--dicom-out is for single DICOM films, without --out, --heatmap or --chart")
+        return _dicom_out(cases, args, runtime)
     if not batch:  # single films: a refused one fails before the model is loaded (or converted)
         from boneage.assessment import read
 
@@ -292,6 +299,33 @@ def cmd_predict(args) -> int:
     if args.chart:
         _chart(points, args.chart)
     return 0
+
+
+def _dicom_out(cases: list[Case], args, runtime: str) -> int:
+    """`predict --dicom-out`: each film's answer (or refusal) as the SR and picture `boneage node` sends."""
+    from boneage.hospital.answer import answer_case, read_header, write_answer
+    from boneage.hospital.results import Algorithm
+    from boneage.inference.onnx import load_predictor
+
+    headers = [read_header(case.data, case.label) for case in cases]  # not DICOM: one line before the model loads
+    predictor = load_predictor(args.model, runtime, tta=args.tta, log=lambda m: print(f"boneage: {m}", file=sys.stderr))
+    algorithm = Algorithm.of(predictor, args.model)
+    refused, used = 0, set()
+    for i, (case, header) in enumerate(zip(cases, headers)):
+        answer = answer_case(case, predictor, algorithm, header)
+        stem = Path(case.label).stem
+        stem = f"{stem}-{i + 1}" if stem in used else stem  # a/x.dcm and b/x.dcm must not overwrite each other
+        used.add(stem)
+        files = ", ".join(map(str, write_answer(answer, args.dicom_out, stem)))
+        if not answer.analysed:
+            refused += 1
+            print(f"boneage: error: {case.label}: {answer.reason} (not analysed: {files})", file=sys.stderr)
+            continue
+        for w in answer.record["warnings"]:
+            print(f"boneage: warning: {case.label}: {w}", file=sys.stderr)
+        print(json.dumps(answer.record | {"dicom_out": files.split(", ")}) if args.json else
+              f"{format_record(answer.record)}; DICOM {files}")
+    return 2 if refused else 0
 
 
 def _chart(points, out: str) -> None:
