@@ -105,7 +105,7 @@ class Orthanc:
     by accepting stores only from the modalities it knows, on their hosts. The tests only use 127.0.0.1.)"""
 
     def __init__(self, folder: Path, node_port: int):
-        self.folder, self.http_port, self.dicom_port = folder, free_port(), free_port()
+        self.folder, self.http_port, self.dicom_port, self.node_port = folder, free_port(), free_port(), node_port
         self.url = f"http://127.0.0.1:{self.http_port}"
         (folder / "route.lua").write_text(ROUTE_LUA)
         config = {

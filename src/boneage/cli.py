@@ -547,6 +547,56 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------- node
+def add_node(sub) -> None:
+    p = sub.add_parser("node", help="a DICOM node: a PACS sends it hand films (C-STORE), it sends each answer back "
+                                    "into the study as a Structured Report and a picture")
+    p.add_argument("--queue", required=True, metavar="DIR", help="the node's folder of films and answers (kept "
+                                                                  "across restarts: nothing is lost or sent twice)")
+    p.add_argument("--status", action="store_true", help="list what is waiting, pending, delivered and failed, "
+                                                         "then exit")
+    p.add_argument("--requeue-failed", action="store_true", help="give answers parked as failed new attempts, then "
+                                                                 "exit")
+    p.add_argument("--json", action="store_true", help="--status as one JSON object")
+    g = p.add_argument_group("receiving (C-STORE SCP)")
+    g.add_argument("--aet", default="BONEAGE", help="this node's AE title")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    g.add_argument("--port", type=int, default=11112)
+    g.add_argument("--allow", metavar="AET[,AET...]", help="calling AE titles that may send films (required)")
+    g.add_argument("--allow-host", metavar="IP[,IP...]", help="hosts that may connect (default: any)")
+    g.add_argument("--max-mb", type=float, default=256.0, help="largest data set accepted")
+    g = p.add_argument_group("sending the answers")
+    g.add_argument("--send-to", metavar="AET@HOST:PORT|URL", help="C-STORE to a DICOM node, or STOW-RS to a "
+                                                                  "DICOMweb root such as http://pacs/dicom-web")
+    g.add_argument("--max-attempts", type=int, default=12, help="deliveries tried before an answer is parked")
+    g.add_argument("--retry-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="wait after the first failed delivery; doubled after each, up to 10 minutes")
+    add_model_options(p)
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: ONNX Runtime when installed (converted once, cached), else PyTorch")
+    p.set_defaults(func=cmd_node)
+
+
+def cmd_node(args) -> int:
+    from boneage.hospital.node import Settings, parse_list, run
+    from boneage.hospital.queue import format_status, open_queue
+
+    if args.status or args.requeue_failed:
+        queue = open_queue(args.queue)
+        if args.requeue_failed:
+            print(f"boneage: {queue.requeue_failed()} failed items queued again", file=sys.stderr)
+        if args.status:
+            status = queue.status()
+            print(json.dumps(status) if args.json else format_status(status))
+        return 0
+    if not args.send_to:
+        raise UserError("--send-to: where the answers go: AET@HOST:PORT (C-STORE) or a DICOMweb URL (STOW-RS)")
+    settings = Settings(aet=args.aet, host=args.host, port=args.port, allow_aets=parse_list(args.allow),
+                        allow_hosts=parse_list(args.allow_host), max_bytes=int(args.max_mb * (1 << 20)))
+    run(settings, args.queue, args.send_to, args.model, args.tta, args.runtime, args.max_attempts, args.retry_delay)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------- other
 def add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered architectures")
@@ -558,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"boneage {__import__('boneage').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train, add_evaluate, add_precision, add_predict, add_explain, add_bench, add_pack, add_export,
-                add_serve, add_models):
+                add_serve, add_node, add_models):
         add(sub)
     return parser
 
