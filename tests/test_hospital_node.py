@@ -26,6 +26,7 @@ from boneage.hospital.queue import Queue  # noqa: E402
 from boneage.hospital.results import Algorithm  # noqa: E402
 from tests.conftest import cli  # noqa: E402
 from tests.pacs import (  # noqa: E402
+    DICOMWEB_PLUGIN,
     MISSING_ORTHANC,
     ORTHANC,
     Orthanc,
@@ -228,6 +229,8 @@ def test_bad_input_is_refused_with_a_reason_and_the_node_goes_on(pacs, node, cap
 
 # ------------------------------------------------------------------------------------------- delivery waits
 @needs_orthanc
+@pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason="Orthanc's DICOMweb plugin is not installed "
+                                                           "(apt-get install orthanc-dicomweb)")
 def test_answers_wait_while_the_pacs_is_down_and_go_when_it_is_back(pacs, shipped, tmp_path):
     """Through STOW-RS (DICOMweb) this time."""
     port = free_port()
