@@ -15,20 +15,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 ORTHANC = shutil.which("Orthanc")
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb
 MISSING_ORTHANC = "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; scripts/test.sh does it as root)"
 
-# The README's routing script: every new DX or CR image of a hand (or of an unnamed body part) goes to the node.
-ROUTE_LUA = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  local modality = tags['Modality'] or ''
-  local part = string.upper(tags['BodyPartExamined'] or '')
-  if (modality == 'DX' or modality == 'CR') and
-     (part == '' or string.find(part, 'HAND') or string.find(part, 'WRIST')) then
-    SendToModality(instanceId, 'BONEAGE')
-  end
-end
-"""
+# The configuration and routing script the README gives a PACS administrator: the tests run exactly these.
+HOSPITAL = REPO / "docs" / "hospital"
+AET = "ORTHANC"  # the PACS's AE title in that configuration: the node's --allow
 
 
 def free_port() -> int:
@@ -66,7 +58,7 @@ def dicom_bytes(ds) -> bytes:
     return buf.getvalue()
 
 
-def send(ds_list, port: int, calling: str = "PACS", called: str = "BONEAGE", contexts=None):
+def send(ds_list, port: int, calling: str = AET, called: str = "BONEAGE", contexts=None):
     """C-STORE each dataset to the node: the association's result (rejected / accepted) and the statuses."""
     from pydicom.uid import ExplicitVRLittleEndian
     from pynetdicom import AE
@@ -107,17 +99,13 @@ class Orthanc:
     def __init__(self, folder: Path, node_port: int):
         self.folder, self.http_port, self.dicom_port, self.node_port = folder, free_port(), free_port(), node_port
         self.url = f"http://127.0.0.1:{self.http_port}"
-        (folder / "route.lua").write_text(ROUTE_LUA)
-        config = {
-            "Name": "test PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "PACS",
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomModalities": {"BONEAGE": ["BONEAGE", "127.0.0.1", node_port]},
-            "DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True,
-            "LuaScripts": [str(folder / "route.lua")],
-            "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.is_file() else [],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
+        config = json.loads((HOSPITAL / "orthanc.json").read_text())
+        assert config["DicomAet"] == AET
+        config |= {"Name": "test PACS", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+                   "HttpPort": self.http_port, "DicomPort": self.dicom_port, "RemoteAccessAllowed": False,
+                   "DicomModalities": {"BONEAGE": ["BONEAGE", "127.0.0.1", node_port]},
+                   "LuaScripts": [str(HOSPITAL / "boneage-route.lua")],
+                   "Plugins": [p for p in config["Plugins"] if Path(p).is_file()]}
         (folder / "orthanc.json").write_text(json.dumps(config, indent=1))
         self.process: subprocess.Popen | None = None
 

@@ -26,9 +26,12 @@ from boneage.hospital.queue import Queue  # noqa: E402
 from boneage.hospital.results import Algorithm  # noqa: E402
 from tests.conftest import cli  # noqa: E402
 from tests.pacs import (  # noqa: E402
+    AET,
     DICOMWEB_PLUGIN,
+    HOSPITAL,
     MISSING_ORTHANC,
     ORTHANC,
+    REPO,
     Orthanc,
     film,
     free_port,
@@ -62,7 +65,7 @@ def pacs(tmp_path_factory):
 
 def _node(shipped, queue_dir, port, destination, **settings) -> Node:
     predictor, algorithm = shipped
-    node = Node(Settings(port=port, allow_aets=("PACS",), worker_poll_s=0.2, sender_poll_s=0.2, **settings),
+    node = Node(Settings(port=port, allow_aets=(AET,), worker_poll_s=0.2, sender_poll_s=0.2, **settings),
                 Queue(queue_dir, algorithm.identity, max_attempts=1000, retry_delay_s=0.3, max_delay_s=1.0),
                 predictor, algorithm, destination)
     node.start()
@@ -73,7 +76,7 @@ def _node(shipped, queue_dir, port, destination, **settings) -> Node:
 def node(pacs, shipped, tmp_path_factory):
     """The node Orthanc routes to, answering by C-STORE to Orthanc."""
     n = _node(shipped, tmp_path_factory.mktemp("queue"), pacs.node_port,
-              StoreSCU("PACS", "127.0.0.1", pacs.dicom_port, "BONEAGE"), max_bytes=8 << 20)
+              StoreSCU(AET, "127.0.0.1", pacs.dicom_port, "BONEAGE"), max_bytes=8 << 20)
     yield n
     n.stop()
 
@@ -84,7 +87,7 @@ def answered(pacs, study_uid):
     return found if found.get("SR") and found.get("OT") else None
 
 
-def echo(port: int, calling: str = "PACS") -> bool:
+def echo(port: int, calling: str = AET) -> bool:
     from pynetdicom import AE
 
     ae = AE(ae_title=calling)
@@ -133,7 +136,7 @@ def test_a_ct_or_a_chest_film_is_not_answered(pacs, node, caplog):
     assert send([chest], pacs.node_port) == ("accepted", [(0xC000, "BodyPartExamined CHEST: not a hand")])
     assert send([ct], pacs.node_port) == ("failed", [])  # CT is refused at association: nothing to send it on
     assert "nothing it proposed is accepted (CT Image Storage)" in caplog.text
-    assert f"refused {chest.SOPInstanceUID} from PACS@127.0.0.1: BodyPartExamined CHEST: not a hand" in caplog.text
+    assert f"refused {chest.SOPInstanceUID} from ORTHANC@127.0.0.1: BodyPartExamined CHEST: not a hand" in caplog.text
 
 
 @needs_orthanc
@@ -142,7 +145,7 @@ def test_an_unknown_calling_ae_or_host_is_refused(pacs, node, shipped, tmp_path,
     assert send([film()], pacs.node_port, called="SOMEONE_ELSE") == ("rejected", [])
     assert "rejected an association from INTRUDER@127.0.0.1" in caplog.text
     port = free_port()
-    strict = _node(shipped, tmp_path / "queue", port, StoreSCU("PACS", "127.0.0.1", 1, "BONEAGE"),
+    strict = _node(shipped, tmp_path / "queue", port, StoreSCU(AET, "127.0.0.1", 1, "BONEAGE"),
                    allow_hosts=("192.0.2.1",))
     try:
         assert send([film()], port) == ("failed", [])  # the connection is closed before any DICOM
@@ -181,7 +184,7 @@ def test_the_same_film_sent_twice_is_answered_once(pacs, node, caplog):
     time.sleep(1.0)
     found = pacs.answers(ds.StudyInstanceUID)
     assert len(found["SR"]) == len(found["OT"]) == 1
-    assert caplog.text.count(f"{ds.SOPInstanceUID} from PACS@127.0.0.1: already") == 2
+    assert caplog.text.count(f"{ds.SOPInstanceUID} from ORTHANC@127.0.0.1: already") == 2
     assert sum(d["film"] == ds.SOPInstanceUID for d in node.queue.status()["last_delivered"]) == 1
 
 
@@ -209,7 +212,7 @@ def test_bad_input_is_refused_with_a_reason_and_the_node_goes_on(pacs, node, cap
     # a transfer syntax nobody knows: refused at association
     from pynetdicom import AE
 
-    ae = AE(ae_title="PACS")
+    ae = AE(ae_title=AET)
     ae.add_requested_context(DigitalXRayImageStorageForPresentation, ["1.2.3.4.5.6.7"])
     assert not ae.associate("127.0.0.1", pacs.node_port, ae_title="BONEAGE").is_established
     assert "nothing it proposed is accepted (Digital X-Ray Image Storage - For Presentation)" in caplog.text
@@ -276,7 +279,7 @@ class Counter:
 def _start_node(tmp_path, port, dest_port, model):
     log = open(tmp_path / "node.log", "ab")
     return subprocess.Popen([sys.executable, "-m", "boneage", "node", "--queue", tmp_path / "queue", "--port",
-                             str(port), "--allow", "PACS", "--send-to", f"COUNT@127.0.0.1:{dest_port}", "--model",
+                             str(port), "--allow", AET, "--send-to", f"COUNT@127.0.0.1:{dest_port}", "--model",
                              model, "--runtime", "torch", "--retry-delay", "0.2"], stdout=log, stderr=log)
 
 
@@ -314,3 +317,9 @@ def test_a_kill_9_with_answers_pending_then_a_restart_delivers_each_once(tmp_pat
     log = (tmp_path / "node.log").read_text()
     assert "Traceback" not in log and "Secret" not in log
     assert all(ds.SOPInstanceUID in log for ds in films)
+
+
+def test_the_readme_gives_the_orthanc_configuration_and_script_the_tests_run():
+    readme = (REPO / "README.md").read_text()
+    for name in ("orthanc.json", "boneage-route.lua"):
+        assert (HOSPITAL / name).read_text() in readme, name
