@@ -195,6 +195,28 @@ def _truncated_association(port: int) -> None:
         s.sendall(struct.pack(">BBI", 0x01, 0, 1_000_000) + b"\0" * 100)
 
 
+def _cut_mid_film(ds, port: int) -> None:
+    """A C-STORE whose connection goes down in the middle of the film (16 KB PDUs: half of the second data one)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=AET)
+    ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="BONEAGE", max_pdu=16384)
+    sock, pdata = assoc.dul.socket, []
+    send_whole = sock.send
+
+    def send_cut(data: bytes) -> None:
+        if data[:1] == b"\x04":  # P-DATA-TF: the command, then the film's fragments
+            pdata.append(len(data))
+            if len(pdata) == 3:
+                sock.socket.sendall(data[: len(data) // 2])
+                sock.socket.shutdown(socket.SHUT_RDWR)
+        send_whole(data)
+
+    sock.send = send_cut
+    assert not assoc.send_c_store(ds)  # no status: the connection is gone
+
+
 @needs_orthanc
 def test_bad_input_is_refused_with_a_reason_and_the_node_goes_on(pacs, node, caplog):
     no_pixels = film()
@@ -217,6 +239,9 @@ def test_bad_input_is_refused_with_a_reason_and_the_node_goes_on(pacs, node, cap
     assert not ae.associate("127.0.0.1", pacs.node_port, ae_title="BONEAGE").is_established
     assert "nothing it proposed is accepted (Digital X-Ray Image Storage - For Presentation)" in caplog.text
     _truncated_association(pacs.node_port)
+    cut = film()
+    _cut_mid_film(cut, pacs.node_port)
+    assert wait_for(lambda: "aborted" in caplog.text, 10) and node.queue.where(cut.SOPInstanceUID) is None
     # a film the assessment refuses: answered "not analysed", with the reason
     inverted = film(invert=True)
     assert send([inverted], pacs.node_port) == ("accepted", [(0, "")])
@@ -323,3 +348,9 @@ def test_the_readme_gives_the_orthanc_configuration_and_script_the_tests_run():
     readme = (REPO / "README.md").read_text()
     for name in ("orthanc.json", "boneage-route.lua"):
         assert (HOSPITAL / name).read_text() in readme, name
+
+
+def test_the_node_imports_neither_lightning_nor_training_code():
+    code = ("import sys, boneage.hospital.node, boneage.hospital.answer, boneage.hospital.delivery; "
+            "print(any(m == 'lightning' or m.startswith('boneage.training') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
