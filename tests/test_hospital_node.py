@@ -27,12 +27,14 @@ from boneage.hospital.results import Algorithm  # noqa: E402
 from tests.conftest import cli  # noqa: E402
 from tests.pacs import (  # noqa: E402
     AET,
+    DCIODVFY,
     DICOMWEB_PLUGIN,
     HOSPITAL,
     MISSING_ORTHANC,
     ORTHANC,
     REPO,
     Orthanc,
+    dciodvfy_errors,
     film,
     free_port,
     make_tiny_model,
@@ -118,6 +120,10 @@ def test_a_hand_film_uploaded_to_the_pacs_comes_back_answered_in_its_study(pacs,
     assert sr.VerificationFlag == "UNVERIFIED" and sr.StudyInstanceUID == sc.StudyInstanceUID == ds.StudyInstanceUID
     assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
         .ReferencedSOPInstanceUID == sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    if DCIODVFY:  # what the node wrote, as the PACS stored it
+        for ds_answer in (sr, sc):
+            ds_answer.save_as(tmp_path / "answer.dcm", enforce_file_format=True)
+            assert dciodvfy_errors(tmp_path / "answer.dcm") == [], ds_answer.Modality
     assert seconds < 30, f"{seconds:.1f} s from upload to answer"
     print(f"\nupload to answer in Orthanc: {seconds:.1f} s")
     assert ds.SOPInstanceUID in caplog.text and "Secret" not in caplog.text  # logs name films, not patients

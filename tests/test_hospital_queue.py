@@ -89,6 +89,19 @@ def test_failed_deliveries_back_off_then_are_parked_with_the_reason(tmp_path):
     assert q.due()[0].state["attempts"] == 0
 
 
+def test_when_the_destination_is_back_the_waiting_answers_go_at_once(tmp_path):
+    q = Queue(tmp_path, "m", retry_delay_s=600.0)
+    for uid in ("1.2.1", "1.2.2"):
+        q.receive(uid, b"film")
+    for film in q.films():
+        q.answered(film, answer_objects(), "bone age")
+    for item in q.due():
+        q.attempt_failed(item, "down")
+    assert q.due() == []
+    q.retry_now()
+    assert len(q.due()) == 2 and all(i.state["attempts"] == 1 for i in q.due())
+
+
 def test_a_film_the_node_cannot_answer_is_parked_not_lost(tmp_path):
     q = Queue(tmp_path, "m")
     q.receive(FILM, b"film")

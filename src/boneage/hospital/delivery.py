@@ -61,6 +61,8 @@ class StoreSCU:
             raise DeliveryError(f"{self} {why}")
         try:
             for ds in datasets:
+                if not any(cx.abstract_syntax == ds.SOPClassUID for cx in assoc.accepted_contexts):
+                    raise DeliveryError(f"{self} does not take {ds.SOPClassUID.name} (association context refused)")
                 status = assoc.send_c_store(ds)
                 code = getattr(status, "Status", None)
                 if code is None:

@@ -24,6 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    Verification,
+)
+
 from boneage.assessment import Case
 from boneage.errors import UserError
 from boneage.hospital.answer import REQUIRED, answer_case
@@ -32,11 +39,8 @@ from boneage.hospital.queue import UID, Queue
 
 log = logging.getLogger("boneage.node")
 
-DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-CR = "1.2.840.10008.5.1.4.1.1.1"
-ACCEPTED = {DX_PRESENTATION: "DX for presentation", DX_PROCESSING: "DX for processing", CR: "CR"}
-VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO, so a PACS administrator can test the connection
+ACCEPTED = {DigitalXRayImageStorageForPresentation: "DX for presentation",
+            DigitalXRayImageStorageForProcessing: "DX for processing", ComputedRadiographyImageStorage: "CR"}
 
 
 @dataclass
@@ -152,7 +156,7 @@ class Node:
         syntaxes = decodable_transfer_syntaxes()
         for sop_class in ACCEPTED:
             ae.add_supported_context(sop_class, syntaxes)
-        ae.add_supported_context(VERIFICATION)
+        ae.add_supported_context(Verification)  # C-ECHO: a PACS administrator tests the connection
         ae.maximum_associations = 16
         return ae
 
@@ -233,37 +237,52 @@ class Node:
 
     def _worker(self) -> None:
         while not self._stop.is_set():
-            films = self.queue.films()
-            for film in films:
-                if self._stop.is_set():
-                    return
-                self._answer(film)
+            films = []
+            try:
+                films = self.queue.films()
+                for film in films:
+                    if self._stop.is_set():
+                        return
+                    self._answer(film)
+            except OSError as exc:  # the queue's disk (full, gone): say so, keep the film, try again later
+                log.error("the queue cannot be written (%s); trying again", exc)
+                films = []
             if not films:
                 self._work.wait(self.settings.worker_poll_s)
                 self._work.clear()
 
     def _sender(self) -> None:
         while not self._stop.is_set():
-            for item in self.queue.due():
-                if self._stop.is_set():
-                    return
-                try:
-                    self.destination.send(item.files)
-                except DeliveryError as exc:
-                    parked = self.queue.attempt_failed(item, str(exc))
-                    attempts = item.state["attempts"]
-                    if parked:
-                        log.error("%s: delivery failed %d times; parked as failed (%s); `boneage node --status` "
-                                  "lists it, `--requeue-failed` tries again", item.state["film"], attempts, exc)
-                    else:
-                        log.warning("%s: delivery attempt %d failed (%s); next in %.0f s", item.state["film"],
-                                    attempts, exc, self.queue.next_delay(item))
-                    break  # the destination is probably down for the others too: they wait for their own turn
-                self.queue.delivered(item, str(self.destination))
-                log.info("%s: delivered to %s (%s)", item.state["film"], self.destination,
-                         ", ".join(item.state["objects"].values()))
+            try:
+                self._deliver_due()
+            except OSError as exc:
+                log.error("the queue cannot be written (%s); trying again", exc)
             self._send.wait(self.settings.sender_poll_s)
             self._send.clear()
+
+    def _deliver_due(self) -> None:
+        for item in self.queue.due():
+            if self._stop.is_set():
+                return
+            try:
+                self.destination.send(item.files)
+            except Exception as exc:  # DeliveryError says why; anything else is still one failed attempt
+                if not isinstance(exc, DeliveryError):
+                    exc = DeliveryError(f"{self.destination}: {type(exc).__name__}: {str(exc)[:200]}")
+                parked = self.queue.attempt_failed(item, str(exc))
+                attempts = item.state["attempts"]
+                if parked:
+                    log.error("%s: delivery failed %d times; parked as failed (%s); `boneage node --status` lists "
+                              "it, `--requeue-failed` tries again", item.state["film"], attempts, exc)
+                else:
+                    log.warning("%s: delivery attempt %d failed (%s); next in %.0f s", item.state["film"], attempts,
+                                exc, self.queue.next_delay(item))
+                return  # the destination is probably down for the others too: they wait for their own turn
+            self.queue.delivered(item, str(self.destination))
+            log.info("%s: delivered to %s (%s)", item.state["film"], self.destination,
+                     ", ".join(item.state["objects"].values()))
+            if item.state["attempts"]:  # it is back: the others need not sit out their back-off
+                self.queue.retry_now()
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:

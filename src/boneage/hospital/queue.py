@@ -156,6 +156,12 @@ class Queue:
             os.replace(item.folder, self._path("failed", item.key))
         return parked
 
+    def retry_now(self) -> None:
+        """Every answer waiting out a back-off is due now (the destination answered again)."""
+        for item in self._items("outbox"):
+            if item.state.get("next_try", 0) > time.time():
+                write_json(item.folder / "state.json", item.state | {"next_try": 0.0})
+
     def next_delay(self, item: Item) -> float:
         return max(0.0, item.state.get("next_try", 0) - time.time())
 
