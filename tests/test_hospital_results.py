@@ -102,13 +102,26 @@ def test_the_picture_is_in_the_study_and_refers_to_the_film(source):
     assert (rgb[..., 0].astype(int) - rgb[..., 2]).max() > 100  # the chart's orange point: the chart is drawn
 
 
-def test_gaps_and_junk_in_the_films_header_do_not_stop_the_answer():
-    ds = film(PatientSex="X")  # not a defined term
-    for key in ("AccessionNumber", "StudyID", "StudyTime", "PatientBirthDate", "ImageLaterality"):
+@pytest.mark.parametrize("tags,missing,sex,date", [
+    ({"PatientSex": "X"}, ("AccessionNumber", "StudyID", "StudyTime", "PatientBirthDate", "ImageLaterality"), None,
+     "20220115"),
+    ({"PatientSex": "m", "StudyDate": "2022-01-15", "StudyTime": "noon"}, ("Modality",), "M", None),
+])
+def test_gaps_and_junk_in_the_films_header_do_not_stop_the_answer(tags, missing, sex, date):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's, at making the junk
+        ds = film(PatientName="Secretname" * 7, **tags)  # one component, 70 characters: highdicom warns about it
+    for key in missing:
         delattr(ds, key)
-    sr, sc = answer_objects(ds, FINDING, ALGORITHM)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sr, sc = answer_objects(ds, FINDING, ALGORITHM)
+    assert not [w for w in caught if "Secretname" in str(w.message)]  # warnings quoting a patient's name: none
     assert sr.StudyInstanceUID == sc.StudyInstanceUID == ds.StudyInstanceUID
-    assert "PatientSex" in sr and not sr.PatientSex and "AccessionNumber" in sr and not sr.AccessionNumber
+    assert (sr.PatientSex or None, sr.StudyDate or None) == (sex, date)  # junk left empty (Type 2), not copied
+    assert "AccessionNumber" in sr and "StudyTime" in sr
 
 
 # ---------------------------------------------------------------------------------------------- predict --dicom-out

@@ -86,10 +86,15 @@ def answer_case(case: Case, predictor, algorithm: Algorithm, header=None) -> Ans
     try:
         record, prepared = assess(case, predictor)
     except UserError as exc:
-        reason = _reason(exc, case.label)
-        return Answer(answer_objects(source, None, algorithm, _pixels_for_picture(case), reason), None, None, reason)
-    finding = Finding.from_record(record)
-    return Answer(answer_objects(source, finding, algorithm, prepared.gray), record, finding)
+        record, finding, reason, gray = None, None, _reason(exc, case.label), _pixels_for_picture(case)
+    else:
+        finding, reason, gray = Finding.from_record(record), None, prepared.gray
+    try:
+        objects = answer_objects(source, finding, algorithm, gray, reason)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom's verdict on a header we missed
+        raise UserError(f"{case.label}: the answer's DICOM objects cannot be built from this header "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    return Answer(objects, record, finding, reason)
 
 
 def write_answer(answer: Answer, folder: str | Path, stem: str) -> list[Path]:

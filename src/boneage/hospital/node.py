@@ -21,6 +21,7 @@ import signal
 import socketserver
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -344,6 +345,10 @@ def setup_logging() -> None:
         log.setLevel(logging.INFO)
         log.propagate = False
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its errors are ours to report, in our words
+    # pydicom's and highdicom's warnings about a header quote its values (a patient's name, too): not for a log
+    warnings.filterwarnings("ignore", module=r"(pydicom|highdicom)(\.|$)")
+    for name in ("pydicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def run(settings: Settings, queue_dir: str | Path, send_to: str, models=None, tta: str = "flip",

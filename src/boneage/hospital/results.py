@@ -25,6 +25,8 @@ This is the one module that reads the assessment's record (`Finding.from_record`
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,19 +119,25 @@ _PATIENT_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfP
                   "PatientSex", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
 
+_FORMS = {"StudyDate": re.compile(r"^\d{8}$"), "PatientBirthDate": re.compile(r"^\d{8}$"),
+          "StudyTime": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")}
+
+
 def _evidence(source: Dataset) -> Dataset:
     """The film's header as highdicom copies it: identity and patient/study attributes, the Type 2 ones present
-    (empty when the film has none: real headers often lack a StudyID or an AccessionNumber)."""
+    (empty when the film has none: real headers often lack a StudyID or an AccessionNumber). A malformed date, time
+    or sex is left empty rather than copied: highdicom would refuse the whole answer for it."""
     ds = Dataset()
-    for key in _IDENTITY:
-        setattr(ds, key, source[key].value)
-    for key in _PATIENT_STUDY + _SIDE:
+    for key in _IDENTITY + _PATIENT_STUDY + _SIDE:
         if key in source:
             ds[key] = source[key]
         elif key not in ("SpecificCharacterSet", "IssuerOfPatientID", *_SIDE):
             setattr(ds, key, None)
-    if str(ds.PatientSex or "").strip().upper() not in ("M", "F", "O"):
-        ds.PatientSex = None  # a value outside the defined terms would make highdicom refuse the whole answer
+    for key, form in _FORMS.items():
+        if not form.match(str(ds.get(key) or "").strip()):
+            setattr(ds, key, None)
+    sex = str(ds.PatientSex or "").strip().upper()
+    ds.PatientSex = sex if sex in ("M", "F", "O") else None
     return ds
 
 
@@ -254,4 +262,7 @@ def answer_objects(source: Dataset, f: Finding | None, algorithm: Algorithm, gra
     """[SR, SC] for a film: its finding, or (f None) the reason it was not analysed. `source`: the film's header
     (pixels not needed); `gray`: its decoded pixels for the picture, when they could be decoded."""
     source = _evidence(source)
-    return [structured_report(source, f, algorithm, reason), secondary_capture(source, f, algorithm, gray, reason)]
+    with warnings.catch_warnings():  # highdicom's warnings quote header values, the patient's name among them
+        warnings.simplefilter("ignore")
+        return [structured_report(source, f, algorithm, reason),
+                secondary_capture(source, f, algorithm, gray, reason)]
