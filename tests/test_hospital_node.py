@@ -167,6 +167,7 @@ def test_an_unknown_calling_ae_or_host_is_refused(pacs, node, shipped, tmp_path,
     (["--allow", "PACS", "--send-to", "WAY_TOO_LONG_AE_TITLE@h:104"], "is not a DICOM AE title"),
     (["--allow", "PACS"], "--send-to: where the answers go"),
     (["--send-to", "PACS@h:104"], "--allow: name the calling AE titles"),
+    (["--allow", "PACS", "--send-to", "PACS@h:104", "--max-attempts", "0"], "--max-attempts must be at least 1"),
     (["--allow", "PACS", "--send-to", "PACS@h:104", "--aet", "BACK\\SLASH"], "--aet: 'BACK\\\\SLASH' is not"),
 ])
 def test_node_arguments_are_checked_before_anything_starts(tmp_path, args, message):

@@ -559,18 +559,21 @@ def add_node(sub) -> None:
                                                                  "exit")
     p.add_argument("--json", action="store_true", help="--status as one JSON object")
     g = p.add_argument_group("receiving (C-STORE SCP)")
-    g.add_argument("--aet", default="BONEAGE", help="this node's AE title")
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
-    g.add_argument("--port", type=int, default=11112)
+    g.add_argument("--aet", default="BONEAGE", help="this node's AE title (default %(default)s)")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s); 0.0.0.0 for "
+                                                       "every interface")
+    g.add_argument("--port", type=int, default=11112, help="(default %(default)s)")
     g.add_argument("--allow", metavar="AET[,AET...]", help="calling AE titles that may send films (required)")
     g.add_argument("--allow-host", metavar="IP[,IP...]", help="hosts that may connect (default: any)")
-    g.add_argument("--max-mb", type=float, default=256.0, help="largest data set accepted")
+    g.add_argument("--max-mb", type=float, default=256.0, help="largest data set accepted, MB (default %(default)g)")
     g = p.add_argument_group("sending the answers")
     g.add_argument("--send-to", metavar="AET@HOST:PORT|URL", help="C-STORE to a DICOM node, or STOW-RS to a "
                                                                   "DICOMweb root such as http://pacs/dicom-web")
-    g.add_argument("--max-attempts", type=int, default=12, help="deliveries tried before an answer is parked")
+    g.add_argument("--max-attempts", type=int, default=12,
+                   help="deliveries tried before an answer is parked (default %(default)s)")
     g.add_argument("--retry-delay", type=float, default=5.0, metavar="SECONDS",
-                   help="wait after the first failed delivery; doubled after each, up to 10 minutes")
+                   help="wait after the first failed delivery (default %(default)g); doubled after each, up to 10 "
+                        "minutes")
     add_model_options(p)
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto: ONNX Runtime when installed (converted once, cached), else PyTorch")

@@ -365,8 +365,8 @@ def run(settings: Settings, queue_dir: str | Path, send_to: str, models=None, tt
         check_aet(aet, "--allow")
     if not 0 < settings.port < 65536:
         raise UserError(f"--port {settings.port}: expected 1 to 65535")
-    if max_attempts < 1 or retry_delay_s < 0:
-        raise UserError("--max-attempts must be at least 1 and --retry-delay at least 0")
+    if max_attempts < 1 or retry_delay_s < 0 or settings.max_bytes <= 0:
+        raise UserError("--max-attempts must be at least 1, --retry-delay at least 0 and --max-mb above 0")
     destination = parse_destination(send_to, settings.aet)
     setup_logging()
     predictor = load_predictor(models, runtime, tta=tta, log=log.info)
