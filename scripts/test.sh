@@ -10,10 +10,16 @@ command -v "$PY" >/dev/null || PY=python3
 python -m pip install -q --upgrade pip >/dev/null
 # torch pinned to the build this project is tested with (any torch >= 2.4 works; this one installs from a local mirror)
 python -m pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
-# A real browser for the web-page test, from Debian (skipped with a message where it cannot be installed)
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "chromium could not be installed: the browser test will be skipped"
+# Debian packages that some tests use, installed when this runs as root (elsewhere those tests skip, saying so):
+# chromium (the web page), orthanc + orthanc-dicomweb (a real PACS for `boneage node`), dicom3tools (dciodvfy)
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
+    || echo "could not install ${need[*]}: the tests that need them will be skipped"
 fi
 ruff check src tests benchmarks scripts
 python -m pytest -q "$@"

@@ -243,6 +243,9 @@ def add_predict(sub) -> None:
     p.add_argument("--heatmap", metavar="DIR", help="also write a saliency overlay PNG per image into DIR")
     p.add_argument("--chart", metavar="FILE.png", help="draw the films on the Greulich & Pyle chart (needs the "
                                                         "chronological age; one child, one or several films)")
+    p.add_argument("--dicom-out", metavar="DIR", help="also write each DICOM film's answer as a Structured Report and "
+                                                       "a picture (Secondary Capture) into DIR, as `boneage node` "
+                                                       "sends them; a refused film gets both too, saying why")
     g = p.add_argument_group("batch scoring (a folder, or --out): a CSV row per film, refusals included")
     g.add_argument("--out", metavar="FILE.csv", help="write rows here; run again to continue (done films are skipped)")
     g.add_argument("--workers", type=int, default=2, help="threads decoding while the model runs")
@@ -285,6 +288,10 @@ def cmd_predict(args) -> int:
         sexes = [s if s is not None else m for s, m in zip(sexes, _sexes_from_labels(args.labels, films))]
     cases = [_case(f, s, args) for f, s in zip(films, sexes)]
     check_dates(cases[0])  # a malformed date fails before the model loads
+    if args.dicom_out:
+        if batch or args.heatmap or args.chart:
+            raise UserError("--dicom-out is for single DICOM films, without --out, --heatmap or --chart")
+        return _dicom_out(cases, args, runtime)
     if not batch:  # single films: a refused one fails before the model is loaded (or converted)
         from boneage.assessment import read
 
@@ -321,6 +328,33 @@ def cmd_predict(args) -> int:
 
         print(f"chart: {chart_of(records, args.chart)}", file=sys.stderr)
     return 0
+
+
+def _dicom_out(cases: list[Case], args, runtime: str) -> int:
+    """`predict --dicom-out`: each film's answer (or refusal) as the SR and picture `boneage node` sends."""
+    from boneage.hospital.answer import answer_case, read_header, write_answer
+    from boneage.hospital.results import Algorithm
+    from boneage.inference.loading import load_predictor
+
+    headers = [read_header(case.data, case.label) for case in cases]  # not DICOM: one line before the model loads
+    predictor = load_predictor(args.model, runtime, tta=args.tta, log=lambda m: print(f"boneage: {m}", file=sys.stderr))
+    algorithm = Algorithm.of(predictor)
+    refused, used = 0, set()
+    for i, (case, header) in enumerate(zip(cases, headers)):
+        answer = answer_case(case, predictor, algorithm, header)
+        stem = Path(case.label).stem
+        stem = f"{stem}-{i + 1}" if stem in used else stem  # a/x.dcm and b/x.dcm must not overwrite each other
+        used.add(stem)
+        files = ", ".join(map(str, write_answer(answer, args.dicom_out, stem)))
+        if not answer.analysed:
+            refused += 1
+            print(f"boneage: error: {case.label}: {answer.reason} (not analysed: {files})", file=sys.stderr)
+            continue
+        for w in answer.record.warnings:
+            print(f"boneage: warning: {case.label}: {w}", file=sys.stderr)
+        answer.record.extras["dicom_out"] = files.split(", ")
+        print(json.dumps(answer.record.to_dict()) if args.json else f"{format_record(answer.record)}; DICOM {files}")
+    return 2 if refused else 0
 
 
 def _progress(total: int):
@@ -540,6 +574,59 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------- node
+def add_node(sub) -> None:
+    p = sub.add_parser("node", help="a DICOM node: a PACS sends it hand films (C-STORE), it sends each answer back "
+                                    "into the study as a Structured Report and a picture")
+    p.add_argument("--queue", required=True, metavar="DIR", help="the node's folder of films and answers (kept "
+                                                                  "across restarts: nothing is lost or sent twice)")
+    p.add_argument("--status", action="store_true", help="list what is waiting, pending, delivered and failed, "
+                                                         "then exit")
+    p.add_argument("--requeue-failed", action="store_true", help="give answers parked as failed new attempts, then "
+                                                                 "exit")
+    p.add_argument("--json", action="store_true", help="--status as one JSON object")
+    g = p.add_argument_group("receiving (C-STORE SCP)")
+    g.add_argument("--aet", default="BONEAGE", help="this node's AE title (default %(default)s)")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s); 0.0.0.0 for "
+                                                       "every interface")
+    g.add_argument("--port", type=int, default=11112, help="(default %(default)s)")
+    g.add_argument("--allow", metavar="AET[,AET...]", help="calling AE titles that may send films (required)")
+    g.add_argument("--allow-host", metavar="IP[,IP...]", help="hosts that may connect (default: any)")
+    g.add_argument("--max-mb", type=float, default=256.0, help="largest data set accepted, MB (default %(default)g)")
+    g = p.add_argument_group("sending the answers")
+    g.add_argument("--send-to", metavar="AET@HOST:PORT|URL", help="C-STORE to a DICOM node, or STOW-RS to a "
+                                                                  "DICOMweb root such as http://pacs/dicom-web")
+    g.add_argument("--max-attempts", type=int, default=12,
+                   help="deliveries tried before an answer is parked (default %(default)s)")
+    g.add_argument("--retry-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="wait after the first failed delivery (default %(default)g); doubled after each, up to 10 "
+                        "minutes")
+    add_model_options(p)
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: ONNX Runtime when installed (converted once, cached), else PyTorch")
+    p.set_defaults(func=cmd_node)
+
+
+def cmd_node(args) -> int:
+    from boneage.hospital.node import Settings, parse_list, run
+    from boneage.hospital.queue import format_status, open_queue
+
+    if args.status or args.requeue_failed:
+        queue = open_queue(args.queue)
+        if args.requeue_failed:
+            print(f"boneage: {queue.requeue_failed()} failed items queued again", file=sys.stderr)
+        if args.status:
+            status = queue.status()
+            print(json.dumps(status) if args.json else format_status(status))
+        return 0
+    if not args.send_to:
+        raise UserError("--send-to: where the answers go: AET@HOST:PORT (C-STORE) or a DICOMweb URL (STOW-RS)")
+    settings = Settings(aet=args.aet, host=args.host, port=args.port, allow_aets=parse_list(args.allow),
+                        allow_hosts=parse_list(args.allow_host), max_bytes=int(args.max_mb * (1 << 20)))
+    run(settings, args.queue, args.send_to, args.model, args.tta, args.runtime, args.max_attempts, args.retry_delay)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------- other
 def add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered architectures")
@@ -551,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"boneage {__import__('boneage').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train, add_evaluate, add_precision, add_debias, add_predict, add_explain, add_bench, add_pack,
-                add_export, add_serve, add_models):
+                add_export, add_serve, add_node, add_models):
         add(sub)
     return parser
 
