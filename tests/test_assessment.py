@@ -255,4 +255,4 @@ def test_predict_draws_the_films_on_the_reference_chart(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     no_age = cli("predict", EXAMPLE, "--model", trained / "best.ckpt", "--sex", "M", "--chart", out, "--no-checks")
-    assert no_age.returncode == 2 and "--chart needs the chronological age" in no_age.stderr
+    assert no_age.returncode == 2 and "the chart needs the chronological age" in no_age.stderr

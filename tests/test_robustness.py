@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from boneage.config import ModelConfig, Preprocess, TrainConfig
+from boneage.config import ModelConfig, ModelSpec, Preprocess, TrainConfig
 from boneage.data.crop import hand_box
 from boneage.data.intensity import equalize, equalize_clipped
 from boneage.data.preprocess import preprocess_gray
@@ -109,7 +109,7 @@ def _tiny_predictor(tta: str, seed: int = 0):
     cfg = TrainConfig(model=ModelConfig(arch="tiny_cnn"), preprocess=Preprocess(image_size=64))
     model = create_model(cfg.model)
     model.head.age_std.fill_(1e4)  # an untrained network barely depends on its input: magnify what it does
-    return TorchPredictor(model, cfg, tta=tta)
+    return TorchPredictor(model, ModelSpec(cfg.model, cfg.preprocess), tta=tta)
 
 
 def test_with_flip_views_a_mirrored_film_gets_exactly_the_same_answer():
