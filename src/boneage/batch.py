@@ -8,8 +8,10 @@ done (flushed), so a run that is stopped and started again on the same CSV skips
 from __future__ import annotations
 
 import csv
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 from boneage.assessment import Case, Prepared, model_identity, predict_prepared, prepare, report
@@ -62,7 +64,9 @@ def _describe(settings: tuple[str, ...]) -> str:
     return f"model {name} {version or '?'}, views {views}, {members} member(s)"
 
 
-def _prepared(cases: list[Case], predictor, workers: int) -> Iterator[Prepared | tuple[Case, str]]:
+def _prepared(cases: list[Case], predictor, workers: int, ahead: int) -> Iterator[Prepared | tuple[Case, str]]:
+    """Each case prepared in worker threads, in order, with at most `ahead` films in flight: a folder of 2,000
+    full-resolution films must not be decoded into memory while the model scores the first batch."""
     def one(case: Case):
         try:
             p = prepare(case, predictor)
@@ -71,8 +75,15 @@ def _prepared(cases: list[Case], predictor, workers: int) -> Iterator[Prepared |
         except UserError as exc:
             return case, str(exc)
 
+    todo = iter(cases)
     with ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(one, cases)
+        pending = deque(pool.submit(one, case) for case in islice(todo, ahead))
+        while pending:
+            done = pending.popleft().result()
+            following = next(todo, None)
+            if following is not None:
+                pending.append(pool.submit(one, following))
+            yield done
 
 
 def score(cases: list[Case], predictor, out: Path, batch_size: int = 16, workers: int = 2,
@@ -99,7 +110,8 @@ def score(cases: list[Case], predictor, out: Path, batch_size: int = 16, workers
                 progress(len(batch))
             batch.clear()
 
-        for item in _prepared(todo, predictor, workers):
+        # the next batch decodes while the model scores this one
+        for item in _prepared(todo, predictor, workers, ahead=batch_size + 2 * workers):
             if isinstance(item, tuple):
                 case, why = item
                 writer.writerow(Refusal(case.label, why, identity).to_row())

@@ -402,6 +402,8 @@ def add_explain(sub) -> None:
     p.add_argument("--sex", help="M or F; optional for a DICOM file that records PatientSex")
     add_model_options(p)
     p.add_argument("--out", required=True, help="folder for the figures")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="what assesses the film, as in predict (the maps are drawn on its PyTorch network)")
     p.add_argument("--no-checks", dest="check", action="store_false",
                    help="skip the quality checks (as predict --no-checks), for generated or unusual images")
     p.add_argument("--layers", help="comma list of layers for the activation figure (default: a spread, early to late)")
@@ -423,7 +425,8 @@ def cmd_explain(args) -> int:
     from boneage.assessment import read
 
     prepared = read(case)  # a refused film fails before the model loads
-    predictor = load_predictor(args.model, "torch", tta=args.tta)
+    predictor = load_predictor(args.model, args.runtime, tta=args.tta, log=lambda m: print(f"boneage: {m}",
+                                                                                         file=sys.stderr))
     record, prepared = assess(prepared, predictor)
     result = explain_file(predictor, record, prepared, args.out, layers, args.method, args.saliency_layer)
     if args.json:

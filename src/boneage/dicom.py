@@ -40,7 +40,7 @@ _MONTHS_PER_UNIT = {"D": 12 / 365.25, "W": 7 * 12 / 365.25, "M": 1.0, "Y": 12.0}
 class DicomImage:
     """A DICOM radiograph read for bone-age estimation. Ages in months; header facts are None when absent."""
 
-    pixels: np.ndarray  # float32 (H, W), MONOCHROME2: bone bright
+    pixels: np.ndarray | None  # float32 (H, W), MONOCHROME2: bone bright (None once handed over for decoding)
     male: bool | None  # PatientSex M -> True, F -> False, O / empty / missing -> None
     age_months: float | None  # from PatientBirthDate and StudyDate if both are there, else from PatientAge ('010Y')
     study_date: date | None  # StudyDate, else AcquisitionDate, SeriesDate, ContentDate

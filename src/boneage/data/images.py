@@ -80,7 +80,8 @@ def read_image(data: bytes | Path | str, name: str | None = None) -> Decoded:
     suffix = Path(name).suffix.lower()
     if is_dicom(_head(source)) or suffix in (".dcm", ".dicom"):
         dcm = read_dicom(source, name)
-        return Decoded(dcm.pixels, dcm.colour_fraction, dcm)
+        gray, dcm.pixels = dcm.pixels, None  # the header goes on with the record: it must not hold the film too
+        return Decoded(gray, dcm.colour_fraction, dcm)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
