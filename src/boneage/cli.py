@@ -451,7 +451,7 @@ def add_bench(sub) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--pool-impl", choices=POOL_IMPLS, default="native",
-                   help="how inception_v3 computes its 3x3 average pools (the same function; issue 9)")
+                   help="how inception_v3 computes its 3x3 average pools (the same function, a speed setting)")
     p.add_argument("--profile", action="store_true", help="also list the kernels that take the step's time")
     p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure in float32, alternately, for the speed-up of bf16 (default: on CPUs)")
@@ -518,39 +518,14 @@ def add_export(sub) -> None:
 
 def cmd_export(args) -> int:
     from boneage.config import read_json
-    from boneage.inference.checkpoint import default_model_path
+    from boneage.inference.export import export
 
-    models = args.model or [default_model_path()]
-    card = read_json(args.card) if args.card else None
     calibration = None
     if args.calibrate_images or args.calibrate_labels:
-        if not (args.calibrate_images and args.calibrate_labels):
-            raise UserError("--calibrate-images and --calibrate-labels go together")
-        if args.storage != "int8" or args.out.endswith(".onnx") or (len(models) > 1 and not args.average):
-            raise UserError("calibration is for one int8 network (.pt, one model or --average)")
-        if args.calibrate_films < 1:
-            raise UserError("--calibrate-films must be at least 1")
         calibration = {"images": args.calibrate_images, "labels": args.calibrate_labels,
                        "films": args.calibrate_films}
-    if args.out.endswith(".onnx"):
-        if len(models) > 1:
-            raise UserError("--out FILE.onnx takes one model: export each member, or an ensemble as .pt")
-        from boneage.inference.onnx import export_onnx
-
-        result = export_onnx(models[0], args.out)
-    elif len(models) > 1 and args.average:
-        from boneage.inference.export import export_average
-
-        result = export_average(models, args.out, args.storage, card, calibration)
-    elif len(models) > 1:
-        from boneage.inference.export import export_ensemble
-
-        result = export_ensemble(models, args.out, args.storage, card)
-    else:
-        from boneage.inference.export import export_weights
-
-        result = export_weights(models[0], args.out, args.storage, card, calibration)
-    print(json.dumps(result))
+    card = read_json(args.card) if args.card else None
+    print(json.dumps(export(args.model, args.out, args.storage, args.average, card, calibration)))
     return 0
 
 

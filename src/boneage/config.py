@@ -75,7 +75,7 @@ class ModelConfig:
     age_std: float = 41.2  # months
     # How Inception v3's 3x3 stride-1 average pools are computed: "native" (F.avg_pool2d), "conv" (a depthwise
     # convolution) or "sum" (shifted slices). The same function to float rounding, with the same weights: a speed
-    # setting only (issue 9), for inception_v3 only. See boneage.models.pooling.
+    # setting only, for inception_v3 only. See boneage.models.pooling.
     pool_impl: str = "native"
 
     def __post_init__(self):

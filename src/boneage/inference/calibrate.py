@@ -1,13 +1,10 @@
 """int8 weights that keep the float network's answers: batch-norm statistics re-fitted on a few films after rounding.
 
 Why: rounding every convolution's weights to int8 (one scale per output channel) shifts each layer's output a little,
-and through Inception v3's 94 batch-normalised layers the shifts add up. Measured on a CPU fine-tune of the shipped
-model (session 4, 64 training films, one view): plain int8 moved the answers by -1.6 months on average (mean |Δ| 1.75,
-largest 4.8) against the float32 network. Re-fitting each batch norm's running mean and variance so that its output
-has the mean and variance the float network's had there, layer after layer in execution order (later layers see
-corrected inputs), twice over 128 films, took that to -0.56 (mean |Δ| 0.66) on those films, and the MAD on 200
-validation films from 8.12 to 7.92 (float32: 7.88). Rounding stays; only float32 buffers move, so the file keeps its
-size and format.
+and through Inception v3's 94 batch-normalised layers the shifts add up to months (the model card: "int8 storage").
+Each batch norm's running mean and variance are re-fitted so that its output has the mean and variance the float
+network's had there, layer after layer in execution order (later layers see corrected inputs), twice over the films.
+Rounding stays; only float32 buffers move, so the file keeps its size and format.
 """
 
 from __future__ import annotations

@@ -101,3 +101,30 @@ def export_average(model_paths, out, storage: str = "int8", card: dict | None = 
     data, result = _compact(soup, first_spec, storage, card, calibration)
     out = _save(data, out)
     return {"path": str(out), "bytes": out.stat().st_size, "storage": storage, "averaged": len(models), **result}
+
+
+def export(models: list | None, out: str, storage: str = "int8", average: bool = False, card: dict | None = None,
+           calibration: dict | None = None) -> dict:
+    """`boneage export`: which file the models become. FILE.onnx: one network for ONNX Runtime; FILE.pt: one
+    network's compact weights, several runs of one network averaged (`average`), or several models as an ensemble.
+    `calibration` ({"images", "labels", "films"}) is for one int8 network."""
+    from boneage.inference.checkpoint import default_model_path
+
+    models = models or [default_model_path()]
+    if calibration:
+        if not (calibration.get("images") and calibration.get("labels")):
+            raise UserError("--calibrate-images and --calibrate-labels go together")
+        if storage != "int8" or str(out).endswith(".onnx") or (len(models) > 1 and not average):
+            raise UserError("calibration is for one int8 network (.pt, one model or --average)")
+        if calibration.get("films", 128) < 1:
+            raise UserError("--calibrate-films must be at least 1")
+    if str(out).endswith(".onnx"):
+        if len(models) > 1:
+            raise UserError("--out FILE.onnx takes one model: export each member, or an ensemble as .pt")
+        from boneage.inference.onnx import export_onnx
+
+        return export_onnx(models[0], out)
+    if len(models) > 1:
+        return export_average(models, out, storage, card, calibration) if average \
+            else export_ensemble(models, out, storage, card)
+    return export_weights(models[0], out, storage, card, calibration)

@@ -1,8 +1,8 @@
-"""The 3x3, stride-1 average pool of Inception v3's A, C and E blocks, in interchangeable implementations (issue 9).
+"""The 3x3, stride-1 average pool of Inception v3's A, C and E blocks, in interchangeable implementations.
 
 torchvision calls `F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)` (count_include_pad: a box filter over the
-zero-padded input, divided by 9) in 9 blocks. On an H200 (bf16, channels_last, batch 128) PyTorch's NHWC kernels for
-it took 27% of a training step's device time, far beyond the memory traffic they need. The same function as plain ops:
+zero-padded input, divided by 9) in 9 blocks. PyTorch's NHWC kernels for it can take a large share of a GPU training
+step (docs/benchmarks.md, "Where the step's time goes"). The same function as plain ops:
 
 - "native": `F.avg_pool2d`, as torchvision has it.
 - "conv": a depthwise convolution (groups=C) with fixed weights 1/9, made on the fly from the input's dtype and

@@ -82,7 +82,7 @@ def gaussian_blur(x: torch.Tensor, blur: float) -> torch.Tensor:
 def sensor_noise(x: torch.Tensor, noise: float) -> torch.Tensor:
     """Gaussian noise of a standard deviation drawn per image from [0, noise] (on the [0, 1] scale).
 
-    Why: a model trained only on clean, compressed copies read noise as age (issue 10: one gray level of noise moved
+    Why: a model trained only on clean, compressed copies read noise as age (one gray level of noise moved
     some answers by years), and every detector and every re-encoding brings its own."""
     std = _uniform(x.shape[0], 0.0, noise, x)
     return (x + torch.randn_like(x) * std).clamp(0.0, 1.0)
