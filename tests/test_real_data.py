@@ -20,12 +20,13 @@ def test_the_training_table_reads_whole():
 
 
 def test_the_shipped_model_on_held_out_radiographs():
-    """60 images of the shipped model's own validation split: its MAD there is 7.4 months over all 2,522."""
+    """60 images of the shipped model's own validation split, unchecked: the quality checks refuse a few real
+    films (3337 reads as inverted), and this test is about the number, not the checks."""
     import boneage
 
     rows = list(csv.DictReader((REPO / "docs" / "reference-model" / "val.csv").open()))[:60]
     model = boneage.load_model(runtime="torch")
     pred = np.array([boneage.assess(SHARED / "boneage-training-dataset" / f"{r['id']}.jpg", r["male"] == "True",
-                                    model=model).bone_age_months for r in rows])
+                                    model=model, check=False).bone_age_months for r in rows])
     true = np.array([float(r["boneage"]) for r in rows])
     assert np.mean(np.abs(pred - true)) < 12.0  # far under the 34-month MAD of predicting the mean

@@ -14,15 +14,8 @@ import torch
 
 import boneage.inference.tta as tta_views
 from boneage.errors import UserError
-from boneage.inference.checkpoint import (
-    EnsembleFile,
-    default_model_path,
-    file_sha256,
-    is_ensemble,
-    network_from_checkpoint,
-    read_model_file,
-)
-from boneage.inference.predictor import Predictor, TorchPredictor
+from boneage.inference.checkpoint import EnsembleFile, default_model_path
+from boneage.inference.predictor import Predictor, load_torch
 
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -55,29 +48,6 @@ def load_predictor(model=None, runtime: str = "torch", threads: int | None = Non
     if threads:
         torch.set_num_threads(threads)
     return load_torch(path, device, tta)
-
-
-def load_torch(path: Path, device: str = "cpu", tta: str = tta_views.DEFAULT) -> Predictor:
-    """A `TorchPredictor`, or an `Ensemble` of them when the file packs several models (`boneage export` of
-    several)."""
-    data = read_model_file(path)
-    version = file_sha256(path)[:12]
-    if is_ensemble(data):
-        from boneage.inference.ensemble import Ensemble
-
-        members = [TorchPredictor(*network_from_checkpoint(m, path), device=device, tta=tta, version=version)
-                   for m in data["members"]]
-        ensemble = Ensemble(members, [f"{path} member {i + 1}" for i in range(len(members))])
-        ensemble.card.update(data.get("card") or {})
-        ensemble.name, ensemble.version = model_name(ensemble.card, path), version
-        return ensemble
-    model, spec, card = network_from_checkpoint(data, path)
-    return TorchPredictor(model, spec, card, device, tta, model_name(card, path), version)
-
-
-def model_name(card: dict, path: Path) -> str:
-    """The card's name, else the file's (without its suffix)."""
-    return str(card.get("name") or path.stem)
 
 
 def onnx_available() -> bool:

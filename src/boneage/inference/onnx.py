@@ -26,7 +26,7 @@ from boneage.config import ModelSpec, Preprocess, to_dict
 from boneage.data.preprocess import preprocess_gray, to_model_input
 from boneage.errors import UserError
 from boneage.inference.checkpoint import default_model_path, file_sha256, load_network
-from boneage.inference.predictor import TorchPredictor
+from boneage.inference.predictor import TorchPredictor, load_torch
 
 OPSET = 17
 EXPORT_VERSION = 1  # part of the cache key: bump when the exported graph changes
@@ -143,8 +143,6 @@ class OnnxPredictor:
             if self.source is None:
                 raise UserError(f"{self.path}: saliency maps need the PyTorch weights this ONNX file was exported "
                                 "from (give them with --model FILE.pt)")
-            from boneage.inference.loading import load_torch
-
             self._explainer = load_torch(self.source, tta=self.tta)
         return self._explainer
 

@@ -16,7 +16,14 @@ import torch
 import boneage.inference.tta as tta_views
 from boneage.config import ModelSpec, Preprocess
 from boneage.data.preprocess import preprocess_gray
-from boneage.inference.checkpoint import load_network
+from boneage.inference.checkpoint import (
+    default_model_path,
+    file_sha256,
+    is_ensemble,
+    load_network,
+    network_from_checkpoint,
+    read_model_file,
+)
 from boneage.models import BoneAgeNet
 
 
@@ -64,9 +71,7 @@ class TorchPredictor:
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", tta: str = tta_views.DEFAULT
              ) -> TorchPredictor:
-        from boneage.inference.loading import load_predictor
-
-        return load_predictor(path, "torch", device=device, tta=tta)
+        return load_torch(Path(path) if path else default_model_path(), device, tta)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -96,3 +101,26 @@ class TorchPredictor:
 def torch_predictor(path: Path, device: str = "cpu", tta: str = tta_views.DEFAULT) -> TorchPredictor:
     """One network file as a `TorchPredictor` (no identity: `load_predictor` gives it one)."""
     return TorchPredictor(*load_network(path), device=device, tta=tta)
+
+
+def load_torch(path: Path, device: str = "cpu", tta: str = tta_views.DEFAULT) -> Predictor:
+    """A `TorchPredictor`, or an `Ensemble` of them when the file packs several models (`boneage export` of
+    several)."""
+    data = read_model_file(path)
+    version = file_sha256(path)[:12]
+    if is_ensemble(data):
+        from boneage.inference.ensemble import Ensemble
+
+        members = [TorchPredictor(*network_from_checkpoint(m, path), device=device, tta=tta, version=version)
+                   for m in data["members"]]
+        ensemble = Ensemble(members, [f"{path} member {i + 1}" for i in range(len(members))])
+        ensemble.card.update(data.get("card") or {})
+        ensemble.name, ensemble.version = model_name(ensemble.card, path), version
+        return ensemble
+    model, spec, card = network_from_checkpoint(data, path)
+    return TorchPredictor(model, spec, card, device, tta, model_name(card, path), version)
+
+
+def model_name(card: dict, path: Path) -> str:
+    """The card's name, else the file's (without its suffix)."""
+    return str(card.get("name") or path.stem)
