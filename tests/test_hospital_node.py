@@ -263,6 +263,26 @@ def test_bad_input_is_refused_with_a_reason_and_the_node_goes_on(pacs, node, cap
     assert "Traceback" not in caplog.text
 
 
+@needs_orthanc
+def test_a_deflated_bomb_is_refused_without_inflating_it_whole(pacs, node, caplog):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    bomb = film()
+    bomb.PixelData = bytes(64 << 20)  # inflates to 64 MB; about 64 KB on the wire, under the node's 8 MB
+    ae = AE(ae_title=AET)
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [DeflatedExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", pacs.node_port, ae_title="BONEAGE")
+    assert assoc.is_established
+    status = assoc.send_c_store(bomb)
+    fine = assoc.send_c_store(film())  # a deflated film of its own size is taken as before
+    assoc.release()
+    assert (status.Status, status.ErrorComment) == (0xA700, "the data set inflates past its pixel data")
+    assert fine.Status == 0
+    assert "a deflated DICOM that inflates to more than" in caplog.text and "Traceback" not in caplog.text
+    assert node.queue.where(bomb.SOPInstanceUID) is None and echo(pacs.node_port)
+
+
 # ------------------------------------------------------------------------------------------- delivery waits
 @needs_orthanc
 @pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason="Orthanc's DICOMweb plugin is not installed "

@@ -11,12 +11,13 @@ here alone, so the doors cannot drift apart. `prepare` (decoding, checks, prepro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from boneage.data.labels import parse_sex
-from boneage.errors import UserError
+from boneage.errors import UserError, shown
 from boneage.record import Assessment, ModelIdentity
 from boneage.sds import age_from_dates, bone_age_sds, parse_date
 
@@ -67,7 +68,7 @@ def resolve_sex(value: str | bool | None, dicom, name: str) -> tuple[bool, str]:
     if value is not None and not (isinstance(value, str) and not value.strip()):
         male = value if isinstance(value, bool) else parse_sex(str(value))
         if male is None:
-            raise UserError(f"{name}: sex must be M or F, not {value!r}")
+            raise UserError(f"{name}: sex must be M or F, not {shown(value)}")
         return male, "given"
     if header_male is not None:
         return header_male, "dicom"
@@ -93,8 +94,10 @@ def resolve_age(case: Case, dicom, name: str, warnings: list[str]) -> tuple[floa
         study = case.study_date or (dicom.study_date if dicom is not None else None)
         if study is None:
             raise UserError(f"{name}: a birth date needs the study date (the date of the radiograph)")
-        parse_date(case.birth_date, "birth date")
-        return _in_range(age_from_dates(case.birth_date, study), "the dates", name), "dates"
+        born, seen = parse_date(case.birth_date, "birth date"), parse_date(study, "study date")
+        if seen > date.today() + timedelta(days=1):  # a day's grace: a study seen in a time zone ahead of this one
+            raise UserError(f"{name}: study date {seen.isoformat()} is in the future")
+        return _in_range(age_from_dates(born, seen), "the dates", name), "dates"
     if dicom is not None and dicom.age_months is not None:
         if 0 <= dicom.age_months <= MAX_CHRONOLOGICAL_MONTHS:
             return float(dicom.age_months), "dicom"
@@ -131,8 +134,7 @@ def read(case: Case) -> Prepared:
         gray, dicom, warnings = checked.gray, checked.dicom, list(checked.warnings)
     else:
         decoded = read_image(case.data, name)
-        gray, dicom = decoded.gray, decoded.dicom
-        warnings = list(dicom.notes) if dicom is not None else []
+        gray, dicom, warnings = decoded.gray, decoded.dicom, list(decoded.notes)
     male, sex_source = resolve_sex(case.sex, dicom, name)
     age, age_source = resolve_age(case, dicom, name, warnings)
     return Prepared(case, gray, None, male, sex_source, age, age_source, warnings, dicom, gray.shape)

@@ -7,6 +7,7 @@ done (flushed), so a run that is stopped and started again on the same CSV skips
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -34,10 +35,43 @@ def list_films(paths: list[str | Path]) -> list[Path]:
     return films
 
 
+def check_out(out: Path) -> None:
+    """--out names a CSV file that can be written (its folder is made), not a folder."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; name the CSV file to write, e.g. {out / 'scores.csv'}")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise UserError(f"--out {out}: its folder is a file")
+
+
+@contextlib.contextmanager
+def writing(out: Path):
+    """The one run writing `out`: a second one on the same CSV would read it half-written and score its films again.
+    An advisory lock on a file beside the CSV, released by the system when the run ends however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: runs are not kept apart
+        fcntl = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(out.with_name(out.name + ".lock"), "a")
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
+    with lock:
+        try:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"--out {out}: another boneage run is writing it; wait for it to end or choose another "
+                            "--out") from None
+        except OSError:  # a file system without locks (some network mounts): unguarded, as before
+            pass
+        yield
+
+
 def done_images(out: Path, identity: ModelIdentity | None = None) -> set[str]:
     """Images already in an existing output CSV (scored or refused): a second run skips them. A CSV written by
     another model or with other test-time views is refused: its rows and this run's could not be told apart."""
-    if not out.is_file():
+    if not out.is_file() or out.stat().st_size == 0:  # an empty file: a run stopped before its first row
         return set()
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -89,11 +123,19 @@ def _prepared(cases: list[Case], predictor, workers: int, ahead: int) -> Iterato
 def score(cases: list[Case], predictor, out: Path, batch_size: int = 16, workers: int = 2,
           progress: Callable[[int], None] | None = None) -> dict:
     """Score `cases` into `out` (appending; films already there are skipped). Returns counts."""
+    if batch_size < 1 or workers < 1:
+        raise UserError(f"batch size {batch_size} and workers {workers}: both must be at least 1")
+    check_out(out)
+    with writing(out):
+        return _score(cases, predictor, out, batch_size, workers, progress)
+
+
+def _score(cases: list[Case], predictor, out: Path, batch_size: int, workers: int,
+           progress: Callable[[int], None] | None) -> dict:
     identity = model_identity(predictor)
     done = done_images(out, identity)
     todo = [c for c in cases if c.label not in done]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.is_file()
+    new = not out.is_file() or out.stat().st_size == 0
     counts = {"films": len(cases), "skipped_done": len(cases) - len(todo), "scored": 0, "refused": 0}
     with out.open("a", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)

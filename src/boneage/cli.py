@@ -9,7 +9,18 @@ from pathlib import Path
 
 from boneage.assessment import Case
 from boneage.config import POOL_IMPLS
-from boneage.errors import UserError
+from boneage.errors import UserError, printable, shown
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(text)}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_sexes(value: str, n: int) -> list[bool]:
@@ -19,7 +30,7 @@ def parse_sexes(value: str, n: int) -> list[bool]:
     parts = [p for p in value.split(",") if p.strip()]
     sexes = [parse_sex(p) for p in parts]
     if not parts or any(s is None for s in sexes):
-        raise UserError(f"--sex: expected M or F (or a comma list, one per image), got {value!r}")
+        raise UserError(f"--sex: expected M or F (or a comma list, one per image), got {shown(value)}")
     if len(sexes) == 1:
         return sexes * n
     if len(sexes) != n:
@@ -248,8 +259,8 @@ def add_predict(sub) -> None:
                                                        "sends them; a refused film gets both too, saying why")
     g = p.add_argument_group("batch scoring (a folder, or --out): a CSV row per film, refusals included")
     g.add_argument("--out", metavar="FILE.csv", help="write rows here; run again to continue (done films are skipped)")
-    g.add_argument("--workers", type=int, default=2, help="threads decoding while the model runs")
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--workers", type=positive_int, default=2, help="threads decoding while the model runs")
+    g.add_argument("--batch-size", type=positive_int, default=16)
     p.set_defaults(func=cmd_predict)
 
 
@@ -278,8 +289,10 @@ def cmd_predict(args) -> int:
         raise UserError("a folder of films is scored into a CSV: give --out FILE.csv")
     if batch and (args.heatmap or args.chart):
         raise UserError("--heatmap and --chart are for single films, not batch scoring")
-    from boneage.batch import list_films
+    from boneage.batch import check_out, list_films
 
+    if batch:
+        check_out(Path(args.out))
     films = list_films(args.images)
     if not films:
         raise UserError(f"{', '.join(args.images)}: no image files")
@@ -312,7 +325,7 @@ def cmd_predict(args) -> int:
     for i, case in enumerate(cases):
         record, prepared = assess(case, predictor)
         for w in record.warnings:
-            print(f"boneage: warning: {record.image}: {w}", file=sys.stderr)
+            print(printable(f"boneage: warning: {record.image}: {w}"), file=sys.stderr)
         if args.heatmap:
             from boneage.explain import heatmap_for  # grad-cam only when asked for: plain predict stays lean
 
@@ -348,12 +361,13 @@ def _dicom_out(cases: list[Case], args, runtime: str) -> int:
         files = ", ".join(map(str, write_answer(answer, args.dicom_out, stem)))
         if not answer.analysed:
             refused += 1
-            print(f"boneage: error: {case.label}: {answer.reason} (not analysed: {files})", file=sys.stderr)
+            print(printable(f"boneage: error: {case.label}: {answer.reason} (not analysed: {files})"), file=sys.stderr)
             continue
         for w in answer.record.warnings:
-            print(f"boneage: warning: {case.label}: {w}", file=sys.stderr)
+            print(printable(f"boneage: warning: {case.label}: {w}"), file=sys.stderr)
         answer.record.extras["dicom_out"] = files.split(", ")
-        print(json.dumps(answer.record.to_dict()) if args.json else f"{format_record(answer.record)}; DICOM {files}")
+        print(json.dumps(answer.record.to_dict()) if args.json else printable(f"{format_record(answer.record)}; DICOM "
+                                                                                 f"{files}"))
     return 2 if refused else 0
 
 
@@ -392,7 +406,8 @@ def format_record(record) -> str:
                  else f"; no SDS: {sds.note}")
     if record.uncertain:
         line += "; UNCERTAIN: read with care"
-    return line + (f"; heatmap {record.extras['heatmap']}" if record.extras.get("heatmap") else "")
+    # the file name is anyone's text: shown with its control characters escaped, never as terminal codes
+    return printable(line + (f"; heatmap {record.extras['heatmap']}" if record.extras.get("heatmap") else ""))
 
 
 # -------------------------------------------------------------------------------------------------------- explain
@@ -434,7 +449,7 @@ def cmd_explain(args) -> int:
     else:
         print(format_record(record))
         for name, path in result["files"].items():
-            print(f"  {name}: {path}")
+            print(printable(f"  {name}: {path}"))
     return 0
 
 

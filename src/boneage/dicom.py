@@ -13,6 +13,12 @@ Lossless (Process 14, SV1), JPEG-LS and JPEG 2000 / HTJ2K with `pylibjpeg`, `pyl
 `UserError` saying which package to install; a syntax no package decodes (MPEG-2, HEVC...) or an unknown transfer
 syntax UID is a `UserError` saying so.
 
+Deflated Explicit VR Little Endian files are inflated here, in a bounded way, not by pydicom (which inflates the
+whole stream at once): a 1 MB upload can inflate to gigabytes. The inflated data set may hold the pixel data the
+header announces, twice over, plus `HEADER_BYTES`, and never more than `MAX_INFLATED_BYTES`; beyond that the file is
+refused. `dcmread` is the one door every reader of DICOM bytes (the film reader, the service's admission, the node)
+goes through.
+
 Every failure is a `UserError` naming the file. pydicom is imported only when a DICOM is read.
 """
 
@@ -20,8 +26,9 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +39,11 @@ from boneage.errors import UserError
 # Modalities that are certainly not a projection radiograph of a hand: refused by `boneage.quality`.
 NOT_RADIOGRAPH_MODALITIES = frozenset({"CT", "MR", "US", "NM", "PT", "MG", "XC", "ES", "OP", "OPT", "OCT", "SM", "ECG",
                                        "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "SR", "DOC", "KO", "PR", "SEG"})
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+# A film of MAX_PIXELS in 16-bit gray (300 MB) or 8-bit colour (450 MB) fits; anything larger is no hand radiograph.
+MAX_INFLATED_BYTES = 512 << 20
+HEADER_BYTES = 8 << 20  # what a deflated header (before the pixel data) may inflate to: private tags, icons, overlays
+_CHUNK = 1 << 20
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
 _MONTHS_PER_UNIT = {"D": 12 / 365.25, "W": 7 * 12 / 365.25, "M": 1.0, "Y": 12.0}
 
@@ -107,19 +119,99 @@ def _cross_sectional(ds) -> str | None:
     return None
 
 
-def _read_dataset(source: bytes | Path, name: str):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def _announced_bytes(ds) -> int:
+    """Bytes of pixel data the header announces, every frame; 0 when it does not say."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return max(rows, 0) * max(cols, 0) * max(frames, 1) * max(samples, 1) * -(-max(bits, 1) // 8)
 
-    def read(force: bool):
-        fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        return pydicom.dcmread(fp, force=force)
+
+class _Inflater:
+    """A raw deflate stream inflated into memory a chunk at a time, never past the limit asked for."""
+
+    def __init__(self, fp):
+        self.fp, self.out, self.pending = fp, io.BytesIO(), b""
+        self.zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+
+    def fill(self, limit: int) -> bool:
+        """Inflate until the stream ends (True) or more than `limit` bytes are out (False)."""
+        while not self.zlib.eof:
+            if not self.pending:
+                self.pending = self.fp.read(_CHUNK)
+                if not self.pending:  # a truncated stream: what it gave, for the reader to judge
+                    self.out.write(self.zlib.flush())
+                    break
+            self.out.write(self.zlib.decompress(self.pending, limit + 1 - self.out.tell()))
+            self.pending = self.zlib.unconsumed_tail
+            if self.out.tell() > limit:
+                return False
+        return self.out.tell() <= limit
+
+
+def read_deflated(fp, name: str, stop_before_pixels: bool = False, preamble: bytes | None = None, meta=None):
+    """A Deflated Explicit VR Little Endian data set (`fp` just past any file meta) -> pydicom `FileDataset`,
+    inflated within the bounds of the module docstring. `UserError` naming the file beyond them."""
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import read_dataset
+
+    inflater = _Inflater(fp)
+    ended = inflater.fill(HEADER_BYTES)
+    reached = []
+
+    def at_pixels(tag, vr, length) -> bool:
+        if tag == 0x7FE00010:
+            reached.append(tag)
+        return bool(reached)
+
+    header = read_dataset(io.BytesIO(inflater.out.getvalue()), False, True, stop_when=at_pixels)
+    if not ended and not reached:
+        raise UserError(f"{name}: a deflated DICOM whose header inflates to more than {HEADER_BYTES >> 20} MB: "
+                        "refused")
+    if stop_before_pixels:
+        ds = header
+    else:
+        limit = min(MAX_INFLATED_BYTES, 2 * _announced_bytes(header) + HEADER_BYTES)
+        if not inflater.fill(limit):
+            raise UserError(f"{name}: a deflated DICOM that inflates to more than {limit >> 20} MB, far more than "
+                            f"the {_announced_bytes(header):,} bytes of pixel data its header announces: refused")
+        inflated, inflater = inflater.out, None
+        inflated.seek(0)
+        ds = read_dataset(inflated, False, True)
+    out = FileDataset(name, ds, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
+    out.set_original_encoding(False, True, ds._character_set)
+    return out
+
+
+def dcmread(source: bytes | str | Path, name: str, stop_before_pixels: bool = False, force: bool = False):
+    """`pydicom.dcmread` of a file or its bytes, with a deflated data set inflated by `read_deflated`: the one way
+    DICOM bytes are read here. pydicom's exceptions pass through; `UserError` for a deflated bomb."""
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fp:
+        preamble = read_preamble(fp, force)
+        meta = _read_file_meta_info(fp)
+        if str(meta.get("TransferSyntaxUID", "")).strip("\0 ") == DEFLATED:
+            return read_deflated(fp, name, stop_before_pixels, preamble, meta)
+        fp.seek(0)
+        return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=force)
+
+
+def _read_dataset(source: bytes | Path, name: str):
+    from pydicom.errors import InvalidDicomError
 
     try:
         try:
-            ds = read(False)
+            ds = dcmread(source, name)
         except InvalidDicomError:  # no 'DICM' preamble: old files written without one are still read
-            ds = read(True)
+            ds = dcmread(source, name, force=True)
+    except UserError:
+        raise
     except Exception as exc:  # pydicom raises many kinds (EOFError, struct.error, ValueError...) for a broken file
         raise UserError(f"{name}: not a readable DICOM file ({_first_line(exc)})") from None
     if "PixelData" not in ds:
@@ -228,6 +320,14 @@ def read_dicom(source: bytes | str | Path, name: str | None = None) -> DicomImag
     study = next((d for d in (_parse_da(ds.get(k)) for k in ("StudyDate", "AcquisitionDate", "SeriesDate",
                                                                "ContentDate")) if d), None)
     born = _parse_da(ds.get("PatientBirthDate"))
+    latest = date.today() + timedelta(days=1)  # a study seen in a time zone ahead of this one
+    for what, day in (("study date", study), ("birth date", born)):
+        if day and day > latest:
+            notes.append(f"the DICOM header's {what} {day.isoformat()} is in the future and was ignored")
+    study, born = (study if study and study <= latest else None), (born if born and born <= latest else None)
+    if born and study and study < born:
+        notes.append(f"the DICOM header's study date {study.isoformat()} is before its birth date "
+                     f"{born.isoformat()}: the dates were not used for the age")
     age = _parse_age(ds.get("PatientAge"))
     if born and study and study >= born:
         from boneage.sds import age_from_dates

@@ -283,7 +283,5 @@ def read_checked(data: bytes | str | Path, name: str | None = None) -> CheckedIm
     """Decode any supported input (DICOM recognised by content) and run every check. Raises `UserError`."""
     name = name or ("<upload>" if isinstance(data, bytes) else str(data))
     decoded: Decoded = read_image(data, name)
-    warnings = check_image(decoded.gray, name, decoded.colour_fraction, decoded.dicom)
-    if decoded.dicom is not None:
-        warnings = decoded.dicom.notes + warnings
+    warnings = decoded.notes + check_image(decoded.gray, name, decoded.colour_fraction, decoded.dicom)
     return CheckedImage(name=name, gray=decoded.gray, warnings=warnings, dicom=decoded.dicom)

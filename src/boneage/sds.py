@@ -16,6 +16,7 @@ The Brush children were white North Americans of the 1930s-40s: the SDS is a ref
 
 from __future__ import annotations
 
+import calendar
 import csv
 import math
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from importlib import resources
 
 import numpy as np
 
-from boneage.errors import UserError
+from boneage.errors import UserError, shown
 
 REFERENCE_FILE = "greulich-pyle-brush-sd.csv"
 REFERENCE_NAME = "Greulich & Pyle (Brush Foundation), 1959"
@@ -84,7 +85,7 @@ def _check_months(value: float, what: str) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{what}: expected a number of months, got {value!r}") from None
+        raise UserError(f"{what}: expected a number of months, got {shown(value)}") from None
     if not math.isfinite(value) or value < 0:
         raise UserError(f"{what}: expected a number of months >= 0, got {value}")
     return value
@@ -120,15 +121,20 @@ def parse_date(value: date | datetime | str, what: str = "date") -> date:
             return datetime.strptime(text, fmt).date()
         except ValueError:
             continue
-    raise UserError(f"{what}: expected a date as YYYY-MM-DD, got {text!r}")
+    raise UserError(f"{what}: expected a date as YYYY-MM-DD, got {shown(text)}")
 
 
 def _add_months(day: date, months: int) -> date:
     """The same day of the month `months` later, clamped to the month's last day (31 Jan + 1 -> 28/29 Feb)."""
     y, m = divmod(day.month - 1 + months, 12)
     year, month = day.year + y, m + 1
-    last = (date(year + (month == 12), month % 12 + 1, 1) - date(year, month, 1)).days
-    return date(year, month, min(day.day, last))
+    return date(year, month, min(day.day, _days_in(year, month)))
+
+
+def _days_in(year: int, month: int) -> int:
+    """Days of the month, for any year: calendar.monthrange stops at 9999, and a 31 December 9999 birth date needs
+    January 10000."""
+    return 29 if month == 2 and calendar.isleap(year) else (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
 
 
 def age_from_dates(dob: date | datetime | str, study_date: date | datetime | str) -> float:
@@ -140,8 +146,10 @@ def age_from_dates(dob: date | datetime | str, study_date: date | datetime | str
     months = (seen.year - born.year) * 12 + seen.month - born.month
     if _add_months(born, months) > seen:
         months -= 1
-    start, end = _add_months(born, months), _add_months(born, months + 1)
-    return months + (seen - start).days / (end - start).days
+    start = _add_months(born, months)
+    following = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    length = _days_in(start.year, start.month) - start.day + min(born.day, _days_in(*following))
+    return months + (seen - start).days / length
 
 
 def format_years_months(months: float) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class Decoded:
     gray: np.ndarray  # float32 (H, W), bone bright, in the file's own scale (0..255, 0..65535, ...)
     colour_fraction: float | None = None  # colour files only: share of clearly coloured pixels (photos: high)
     dicom: DicomImage | None = None  # DICOM files only: the header facts (sex, age, dates...)
+    notes: list[str] = field(default_factory=list)  # for the record's warnings, e.g. "first of 3 frames"
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
@@ -81,7 +82,7 @@ def read_image(data: bytes | Path | str, name: str | None = None) -> Decoded:
     if is_dicom(_head(source)) or suffix in (".dcm", ".dicom"):
         dcm = read_dicom(source, name)
         gray, dcm.pixels = dcm.pixels, None  # the header goes on with the record: it must not hold the film too
-        return Decoded(gray, dcm.colour_fraction, dcm)
+        return Decoded(gray, dcm.colour_fraction, dcm, list(dcm.notes))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -89,7 +90,10 @@ def read_image(data: bytes | Path | str, name: str | None = None) -> Decoded:
                 if img.width * img.height > MAX_PIXELS:
                     raise UserError(f"{name}: image too large ({img.width} x {img.height} pixels)")
                 img.load()  # force the full decode here, so a truncated file fails now, not later
-                return Decoded(_to_gray(img), _colour_of(img))
+                # an animated GIF or a multi-page TIFF: the first frame is the film, as for a multi-frame DICOM
+                gray, colour = _to_gray(img), _colour_of(img)
+                frames = getattr(img, "n_frames", 1)  # counted after the decode: counting seeks through the file
+                return Decoded(gray, colour, notes=[f"first of {frames} frames"] if frames > 1 else [])
     except UnidentifiedImageError:
         raise UserError(f"{name}: not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -44,15 +44,14 @@ class Answer:
 
 def read_header(data: bytes | str | Path, name: str):
     """The film's DICOM header (pixels not read). UserError for a file that is not a DICOM film of a study."""
-    import io
-
-    import pydicom
+    from boneage.dicom import dcmread
 
     try:
-        source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
-        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        ds = dcmread(data, name, stop_before_pixels=True)
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
+    except UserError:
+        raise
     except Exception as exc:  # pydicom raises many kinds for a file that is not DICOM
         raise UserError(f"{name}: not a DICOM file, and the answer joins the film's DICOM study "
                         f"({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__})"

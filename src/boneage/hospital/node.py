@@ -112,6 +112,17 @@ def _status(code: int, comment: str | None = None):
     return status
 
 
+def _decoded(event):
+    """The received data set; a deflated one inflated within bounds (`boneage.dicom`), not by pynetdicom at once."""
+    from boneage.dicom import DEFLATED, read_deflated
+
+    if str(event.context.transfer_syntax) == DEFLATED:
+        stream = event.request.DataSet
+        stream.seek(0)
+        return read_deflated(stream, "the data set")
+    return event.dataset
+
+
 def _server_class(allow_hosts: tuple[str, ...]):
     """pynetdicom's threaded server, closing connections from hosts off the allow-list before any DICOM is read."""
     from pynetdicom.transport import ThreadedAssociationServer
@@ -181,7 +192,10 @@ class Node:
                         self.settings.max_bytes >> 20)
             return _status(0xA700, "data set too large")
         try:
-            ds = event.dataset
+            ds = _decoded(event)
+        except UserError as exc:
+            log.warning("refused %s from %s: %s", sop, peer, exc)
+            return _status(0xA700, "the data set inflates past its pixel data")
         except Exception as exc:
             log.warning("refused %s from %s: the data set cannot be decoded (%s)", sop, peer, type(exc).__name__)
             return _status(0xC000, "the data set cannot be decoded")

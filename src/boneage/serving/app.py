@@ -19,12 +19,13 @@ from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from boneage import __version__
 from boneage.dicom import is_dicom
-from boneage.errors import UserError
+from boneage.errors import UserError, shown
 from boneage.serving.report import Inputs, Reporter
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -114,9 +115,9 @@ def decoded_pixels(data: bytes) -> int:
     """Pixels the upload will decode to, from its header alone (0 when unreadable: decoding will refuse it)."""
     try:
         if is_dicom(data[:132]):
-            import pydicom
+            from boneage.dicom import dcmread
 
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            ds = dcmread(data, "upload", stop_before_pixels=True, force=True)
             return int(ds.Rows) * int(ds.Columns)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -156,6 +157,16 @@ class Admission:
         return (self.small if pixels <= self.small_max else self.large).hold(pixels)
 
 
+def invalid_form(errors) -> str:
+    """FastAPI's list of validation errors as one line: each field, what is wrong, the value cut short."""
+    parts = []
+    for e in errors[:5]:
+        field = next((str(x) for x in reversed(e.get("loc", ())) if isinstance(x, str)), "request")
+        got = f" (got {shown(e['input'])})" if e.get("input") not in (None, {}, []) else ""
+        parts.append(f"{field}: {e.get('msg', 'invalid')}{got}")
+    return "; ".join(parts) or "invalid request"
+
+
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     chunks, size = [], 0
     while chunk := await upload.read(1 << 20):
@@ -190,6 +201,10 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": str(UserError(invalid_form(exc.errors())))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
