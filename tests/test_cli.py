@@ -114,7 +114,9 @@ def test_predict_path_does_not_import_lightning():
 
 @pytest.mark.parametrize("args", [["--lr", "-1"], ["--lr", "nan"], ["--epochs", "-3"], ["--batch-size", "0"],
                                   ["--workers", "-1"], ["--max-minutes", "-5"], ["--checkpoint-every", "0"],
-                                  ["--limit", "0"], ["--warmup-epochs", "-1"], ["--devices", "two"]],
+                                  ["--limit", "0"], ["--warmup-epochs", "-1"], ["--devices", "two"],
+                                  ["--precision", "foo"], ["--accelerator", "foo"], ["--seed", "-1"], ["--limit", "1"],
+                                  ["--image-size", "100000"], ["--devices", "512"]],
                          ids=lambda a: " ".join(a))
 def test_train_nonsense_numbers_are_one_line(tmp_path, synthetic, args):
     images, labels = synthetic
@@ -123,6 +125,48 @@ def test_train_nonsense_numbers_are_one_line(tmp_path, synthetic, args):
     result = cli("train", "--images", images, "--labels", labels, "--out", tmp_path / "r", *small, *args)
     _assert_one_line_error(result, args[0].lstrip("-").replace("-", "_").replace("workers", "num_workers"))
     assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+SMALL = ["--arch", "tiny_cnn", "--image-size", "32", "--epochs", "1", "--limit", "40"]
+
+
+@pytest.mark.parametrize("recipe, setting", [({"epochs": 1.5}, "epochs"), ({"preprocess": {"image_size": "big"}},
+                                                                           "image_size"),
+                                             ({"model": 5}, "model"), ({"seed": True}, "seed")],
+                         ids=["fractional epochs", "text size", "model not a group", "seed true"])
+def test_train_recipe_of_the_wrong_kind_is_one_line(tmp_path, synthetic, recipe, setting):
+    (tmp_path / "recipe.json").write_text(json.dumps({"epochs": 1, "limit": 40, **recipe}))
+    result = cli("train", "--images", synthetic[0], "--labels", synthetic[1], "--out", tmp_path / "r", "--config",
+                 tmp_path / "recipe.json", "--cache-dir", tmp_path / "c")
+    _assert_one_line_error(result, setting)
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_out_naming_a_file_is_one_line(tmp_path, synthetic):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
+        _assert_one_line_error(cli("train", "--images", synthetic[0], "--labels", synthetic[1], "--out", out,
+                                   "--cache-dir", tmp_path / "c", *SMALL), "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_train_with_too_few_films_for_a_split_is_one_line_and_leaves_no_folder(tmp_path, synthetic):
+    rows = synthetic[1].read_text().splitlines()
+    (tmp_path / "two.csv").write_text("\n".join(rows[:3]) + "\n")
+    result = cli("train", "--images", synthetic[0], "--labels", tmp_path / "two.csv", "--out", tmp_path / "r",
+                 "--cache-dir", tmp_path / "c", *SMALL)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line or "arning" in line]
+    assert len(errors) == 1 and errors[0].startswith("boneage: error: ") and "two.csv: 2 usable" in errors[0], errors
+    assert not (tmp_path / "r").exists()
+
+
+def test_more_processes_than_a_batch_of_films_each_is_refused(tmp_path, synthetic, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)  # the same answer on a machine of any size
+    result = cli("train", "--images", synthetic[0], "--labels", synthetic[1], "--out", tmp_path / "r", "--cache-dir",
+                 tmp_path / "c", *SMALL, "--accelerator", "cpu", "--devices", "4", "--batch-size", "16")
+    _assert_one_line_error(result, "devices 4", "fewer than a batch")
+    assert not (tmp_path / "r").exists()
 
 
 def _copy_of_run(trained, tmp_path):
@@ -173,3 +217,69 @@ def test_resume_trains_in_the_folder_given_not_the_one_its_config_names(trained,
     assert {name: (trained / name).read_bytes() for name in original} == original
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 15
     assert json.loads((run / "config.json").read_text())["out"] == str(run)
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+class _RunsCode:
+    """Unpickled, it would run a shell command (as a crafted checkpoint from a shared drive could)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def test_resume_never_runs_code_from_a_crafted_last_ckpt(trained, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's unsafe default, forced
+    run = _copy_of_run(trained, tmp_path)
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": _RunsCode(f"touch {marker}"), "epoch": 1, "loops": {}, "optimizer_states": []},
+               run / "last.ckpt")
+    before = _files(run)
+    _assert_one_line_error(cli("train", "--resume", "--out", run, "--epochs", "15"), "last.ckpt", "refused",
+                           "posix.system")
+    assert not marker.exists()
+    assert _files(run) == before
+
+
+def _zip_of_notes(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "not a checkpoint")
+
+
+@pytest.mark.parametrize("damage, args, fragments", [
+    ("plain dict", ["--epochs", "15"], ["last.ckpt", "not a training checkpoint"]),
+    ("zip of notes", ["--epochs", "15"], ["last.ckpt", "not a training checkpoint"]),
+    ("weights only", ["--epochs", "15"], ["last.ckpt", "not a training checkpoint"]),
+    ("corrupt config", [], ["config.json", "not valid JSON"]),
+    ("config of the wrong kind", [], ["config.json", "epochs"]),
+    ("none", ["--epochs", "3"], ["--epochs 3", "14 epochs already"]),
+])
+def test_resume_refusals_are_one_line_and_leave_the_run_untouched(trained, tmp_path, damage, args, fragments):
+    import torch
+
+    run = _copy_of_run(trained, tmp_path)
+    if damage == "plain dict":
+        torch.save({"a": torch.zeros(2)}, run / "last.ckpt")
+    elif damage == "zip of notes":
+        _zip_of_notes(run / "last.ckpt")
+    elif damage == "weights only":
+        (run / "last.ckpt").write_bytes((run / "best.ckpt").read_bytes())
+    elif damage == "corrupt config":
+        (run / "config.json").write_text('{"epochs": ')
+    elif damage == "config of the wrong kind":
+        (run / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()),
+                                                     "epochs": "many"}))
+    before = _files(run)
+    _assert_one_line_error(cli("train", "--resume", "--out", run, *args), *fragments)
+    assert _files(run) == before

@@ -160,3 +160,20 @@ def test_cpus_with_bf16_matrix_units_train_in_bf16_by_default(monkeypatch, tmp_p
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
     assert train.resolve_precision(TrainConfig(accelerator=accelerator)) == expected
     assert train.resolve_precision(TrainConfig(accelerator=accelerator, precision="32-true")) == "32-true"
+
+
+def test_recipe_flags_and_defaults_merge_in_one_place():
+    """Flags land in the group that holds them, found from the dataclasses (a new preprocessing setting needs no
+    list kept by hand); the recipe keeps what the flags leave alone; without an out, the run folder is runs/ARCH."""
+    from boneage.config import train_config
+
+    recipe = {"epochs": 7, "preprocess": {"image_size": 128, "intensity": "percentile"}, "model": {"hidden": [64]}}
+    cfg = train_config(recipe, {"arch": "tiny_cnn", "clip_limit": 2.0, "image_size": 64, "lr": 0.01})
+    assert (cfg.epochs, cfg.lr, cfg.model.arch, cfg.model.hidden) == (7, 0.01, "tiny_cnn", (64,))
+    assert (cfg.preprocess.image_size, cfg.preprocess.intensity, cfg.preprocess.clip_limit) == (64, "percentile", 2.0)
+    assert cfg.out == str(Path("runs") / "tiny_cnn") and cfg.batch_size == 16
+    assert train_config(None, {"out": "elsewhere"}).out == "elsewhere"
+    with pytest.raises(UserError, match="unknown setting image_sise"):
+        train_config(None, {"image_sise": 64})
+    with pytest.raises(UserError, match="recipe.json: epochs must be a whole number"):
+        train_config({"epochs": 1.5}, {}, "recipe.json")

@@ -84,7 +84,7 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from boneage.config import TrainConfig, merge, read_json, to_dict, train_config_from_dict
+    from boneage.config import read_json, train_config
     from boneage.training.train import config_for_resume, run
 
     if args.resume:
@@ -92,28 +92,9 @@ def cmd_train(args) -> int:
             raise UserError("--resume needs --out RUN_DIR")
         cfg = config_for_resume(args.out, args.epochs)
     else:
-        settings = to_dict(TrainConfig())
-        if args.config:
-            settings = merge(settings, read_json(args.config))
-        flat = {k: v for k, v in vars(args).items() if v is not None and k in settings}
-        settings = merge(settings, flat)
-        for key in ("arch", "pool_impl"):
-            if getattr(args, key) is not None:
-                settings["model"][key] = getattr(args, key)
-        for key in ("image_size", "intensity", "crop"):
-            if getattr(args, key) is not None:
-                settings["preprocess"][key] = getattr(args, key)
-        cfg = train_config_from_dict(settings, args.config or "arguments")
-        if not cfg.images or not cfg.labels:
-            raise UserError("train needs --images DIR and --labels CSV")
-        if not args.out:
-            cfg.out = str(Path("runs") / cfg.model.arch)
-        from boneage.models import trunk_spec
-
-        least = trunk_spec(cfg.model.arch).min_size
-        if cfg.preprocess.image_size < least:
-            raise UserError(f"--image-size {cfg.preprocess.image_size}: {cfg.model.arch} needs at least {least} "
-                            "pixels")
+        flags = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("command", "func", "config", "resume")}
+        cfg = train_config(read_json(args.config) if args.config else None, flags, args.config or "arguments")
     run(cfg, resume=args.resume, log=lambda m: print(m, file=sys.stderr))
     return 0
 

@@ -8,8 +8,12 @@ evaluation, explanation and the service all build their input from it, and from 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ class Preprocess:
     std: float = 0.29  # 1/sqrt(12): the std of a uniform distribution on [0, 1]
 
     def __post_init__(self):
+        check_types(self, "preprocess")
         if self.resize not in ("stretch", "pad"):
             raise UserError(f"preprocess: resize must be 'stretch' or 'pad', not {self.resize!r}")
         if self.crop not in ("none", "hand"):
@@ -79,7 +84,11 @@ class ModelConfig:
     pool_impl: str = "native"
 
     def __post_init__(self):
+        check_types(self, "model")
         check_pool_impl(self.pool_impl)
+        if any(units < 1 for units in self.hidden) or self.sex_units < 1:
+            raise UserError(f"model: hidden and sex_units must be at least 1 unit each, not {self.hidden}, "
+                            f"{self.sex_units}")
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,7 @@ class TrainConfig:
     noise: float = 0.0
     # hardware
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: str | int = "auto"
     num_nodes: int = 1
     # None: bf16-mixed on GPUs and on CPUs with bf16 matrix units (AMX), 32-true elsewhere
     precision: str | None = None
@@ -179,21 +188,46 @@ class TrainConfig:
         ratio = self.batch_size / self.lr_reference_batch
         return self.lr * {"none": 1.0, "sqrt": ratio**0.5, "linear": ratio}[self.lr_scaling]
 
-    def validate(self) -> None:
-        _check_numbers(self)
+    def validate(self, where: str = "config") -> None:
+        """Every setting's type and range, and the names torch and Lightning take, before anything is written."""
+        check_types(self, where)
+        _check_numbers(self, where)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"{where}: seed must be between 0 and {MAX_SEED}, not {self.seed}")
+        from boneage.models import trunk_spec
+
+        least, size = trunk_spec(self.model.arch).min_size, self.preprocess.image_size
+        if not least <= size <= MAX_IMAGE_SIZE:
+            raise UserError(f"{where}: image_size {size} is out of range: {self.model.arch} takes {least} to "
+                            f"{MAX_IMAGE_SIZE} pixels")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.accelerator not in ACCELERATORS:
+            raise UserError(f"{where}: accelerator must be one of {', '.join(ACCELERATORS)}, not "
+                            f"{self.accelerator!r}")
+        if self.limit is not None and self.limit < 3:
+            raise UserError(f"{where}: limit must be at least 3 (two films to train on, one to validate), not "
+                            f"{self.limit}")
         if self.lr_scaling not in ("none", "sqrt", "linear"):
-            raise UserError(f"config: lr_scaling must be none, sqrt or linear, not {self.lr_scaling!r}")
+            raise UserError(f"{where}: lr_scaling must be none, sqrt or linear, not {self.lr_scaling!r}")
         if self.schedule not in ("plateau", "cosine"):
-            raise UserError(f"config: schedule must be plateau or cosine, not {self.schedule!r}")
+            raise UserError(f"{where}: schedule must be plateau or cosine, not {self.schedule!r}")
         if not 0 < self.val_fraction < 1:
-            raise UserError(f"config: val_fraction must be between 0 and 1, not {self.val_fraction}")
+            raise UserError(f"{where}: val_fraction must be between 0 and 1, not {self.val_fraction}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise UserError(f"config: {name} must be at least 1")
+                raise UserError(f"{where}: {name} must be at least 1")
         if self.low_res >= 1:
-            raise UserError(f"config: low_res must be below 1, not {self.low_res:g}")
+            raise UserError(f"{where}: low_res must be below 1, not {self.low_res:g}")
         if not 0 <= self.balance <= 1:
-            raise UserError(f"config: balance must be between 0 and 1, not {self.balance}")
+            raise UserError(f"{where}: balance must be between 0 and 1, not {self.balance}")
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds
+# Each decoded film takes image_size² bytes in the cache and in memory: 1024 px is 14 GB for the RSNA set.
+MAX_IMAGE_SIZE = 1024
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 # (setting, least value, whether the least is allowed): what would make torch or Lightning fail with a traceback,
@@ -209,20 +243,71 @@ _NUMBER_RANGES = (
 )
 
 
-def _check_numbers(cfg: TrainConfig) -> None:
+def _check_numbers(cfg: TrainConfig, where: str) -> None:
     """One line for a numeric setting that is not a number or out of range (`--lr -1`, `--epochs 0`, nan)."""
     for name, least, inclusive in _NUMBER_RANGES:
         value = getattr(cfg, name)
         if value is None and name in ("limit", "max_minutes"):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UserError(f"config: {name} must be a number, not {value!r}")
+            raise UserError(f"{where}: {name} must be a number, not {value!r}")
         if value < least or (value == least and not inclusive):
-            raise UserError(f"config: {name} must be {'at least' if inclusive else 'above'} {least}, not {value:g}")
+            raise UserError(f"{where}: {name} must be {'at least' if inclusive else 'above'} {least}, not {value:g}")
     if cfg.plateau_factor >= 1:
-        raise UserError(f"config: plateau_factor must be below 1, not {cfg.plateau_factor:g}")
+        raise UserError(f"{where}: plateau_factor must be below 1, not {cfg.plateau_factor:g}")
     if str(cfg.devices) != "auto" and not (str(cfg.devices).isdigit() and int(cfg.devices) >= 1):
-        raise UserError(f"config: devices must be auto or a number of devices, not {cfg.devices!r}")
+        raise UserError(f"{where}: devices must be auto or a number of devices, not {cfg.devices!r}")
+
+
+def check_types(obj, where: str) -> None:
+    """One line for a setting of the wrong kind (`"epochs": 1.5`, `"image_size": "big"`), which would otherwise fail
+    deep inside torch or be passed on silently."""
+    for name, kind in _field_types(type(obj)).items():
+        value = getattr(obj, name)
+        if not _is_a(value, kind):
+            raise UserError(f"{where}: {name} must be {_describe(kind)}, not {value!r}")
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_a(value, kind) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, arg) for arg in args)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_a(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_is_a(v, a) for v, a in zip(value, args))
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, kind)
+
+
+def _describe(kind) -> str:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(kind))
+    names = {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    if kind in names:
+        return names[kind]
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        return "a list" if args[-1] is Ellipsis else f"a list of {len(args)}"
+    return "a group of settings" if dataclasses.is_dataclass(kind) else getattr(kind, "__name__", str(kind))
 
 
 def to_dict(obj) -> dict[str, Any]:
@@ -258,6 +343,44 @@ def model_config_from_dict(data: dict[str, Any], where: str = "model") -> ModelC
 
 def train_config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
     return _build(TrainConfig, data, where)
+
+
+def train_config(recipe: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 where: str = "config") -> TrainConfig:
+    """The defaults, then a recipe (nested, as in recipes/*.json), then flat overrides such as command-line flags
+    (`image_size`, `arch` land in the group that holds them). Without an `out`, the run folder is runs/ARCH."""
+    settings = to_dict(TrainConfig())
+    if recipe:
+        settings = merge(settings, recipe)
+    groups = _nested_groups()
+    for name, value in (overrides or {}).items():
+        if name in groups:
+            if isinstance(settings[groups[name]], dict):  # else refused below, as the recipe's mistake
+                settings[groups[name]] = {**settings[groups[name]], name: value}
+        elif name in settings:
+            settings[name] = value
+        else:
+            raise UserError(f"{where}: unknown setting {name}")
+    if not (overrides or {}).get("out") and not (recipe or {}).get("out"):
+        arch = settings["model"].get("arch") if isinstance(settings["model"], dict) else None
+        settings["out"] = str(Path("runs") / str(arch or ModelConfig.arch))
+    cfg = train_config_from_dict(settings, where)
+    cfg.validate(where)
+    return cfg
+
+
+@functools.cache
+def _nested_groups() -> dict[str, str]:
+    """{setting: the TrainConfig field of the group holding it}, e.g. {"image_size": "preprocess", "arch": "model"}."""
+    hints = _field_types(TrainConfig)
+    groups = {}
+    for group, kind in hints.items():
+        if dataclasses.is_dataclass(kind):
+            for f in dataclasses.fields(kind):
+                if f.name in groups or f.name in hints:
+                    raise AssertionError(f"setting {f.name} is ambiguous")
+                groups[f.name] = group
+    return groups
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

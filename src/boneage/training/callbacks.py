@@ -14,7 +14,22 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file, then rename: a run killed mid-save never leaves a half-written checkpoint."""
+    """Write to a temporary file, then rename: a run killed mid-save never leaves a half-written checkpoint.
+
+    Reads only as data (`boneage.training.resume`), never through Lightning's own torch.load. `loaded`: a checkpoint
+    already read and checked, handed over instead of being read twice."""
+
+    def __init__(self, loaded: tuple[Path, dict] | None = None):
+        super().__init__()
+        self._loaded = loaded
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        from boneage.training.resume import load_training_checkpoint
+
+        if self._loaded is not None and Path(path) == self._loaded[0]:
+            checkpoint, self._loaded = self._loaded[1], None  # not held for the rest of the run
+            return checkpoint
+        return load_training_checkpoint(path)
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)

@@ -91,7 +91,8 @@ class BoneAgeData(L.LightningDataModule):
         if save:
             save_split(train, val, Path(cfg.out))
         self.train_set, self.val_set = _tensors(train, store), _tensors(val, store)
-        self.age_stats = (float(self.train_set.age.mean()), float(self.train_set.age.std()))
+        age = self.train_set.age
+        self.age_stats = (float(age.mean()), float(age.std()) if len(age) > 1 else 0.0)  # too few: refused later
         return train, val
 
     def setup(self, stage: str | None = None) -> None:

@@ -11,9 +11,9 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,11 +21,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from boneage.config import TrainConfig, to_dict, train_config_from_dict
+from boneage.config import TrainConfig, read_json, to_dict, train_config_from_dict
+from boneage.data.split import save_split
 from boneage.errors import UserError
 from boneage.training.callbacks import AtomicCheckpointIO, EpochCSV, Heartbeat, SaveLastAtEnd
 from boneage.training.datamodule import BoneAgeData
 from boneage.training.module import BoneAgeModule
+from boneage.training.resume import epochs_done, load_training_checkpoint
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -62,33 +64,73 @@ def _run_dir_lock(out: Path, create: bool):
     if _is_extra_process() or (not create and not out.is_dir()):
         yield
         return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{out}: another training is running in this folder (it holds {out / '.lock'}); "
-                            "wait for it to end or choose another --out") from None
-        except OSError:  # a file system without locks (some network mounts): train unguarded, as before
-            pass
-        yield
-
-
-def _check_resumable(last: Path) -> None:
-    """torch.save writes a zip: an empty or cut-short last.ckpt (full disk, interrupted copy) fails here, in one line,
-    instead of deep inside Trainer.fit."""
+    made = not out.exists()
     try:
-        with zipfile.ZipFile(last) as z:
-            damaged = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise UserError(f"{last}: empty or truncated checkpoint, cannot resume from it ({exc})") from None
-    if damaged is not None:
-        raise UserError(f"{last}: damaged checkpoint ({damaged} fails its checksum), cannot resume from it")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot make the run folder ({exc.strerror or exc})") from None
+    try:
+        with open(out / ".lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{out}: another training is running in this folder (it holds {out / '.lock'}); "
+                                "wait for it to end or choose another --out") from None
+            except OSError:  # a file system without locks (some network mounts): train unguarded, as before
+                pass
+            yield
+    except UserError:
+        if made and {p.name for p in out.iterdir()} <= {".lock"}:  # a refused run leaves no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _processes(cfg: TrainConfig) -> int:
+    """How many training processes Lightning will start, or one line why it could not start them."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = None if cfg.devices == "auto" else int(cfg.devices)
+    if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and gpus):
+        if not gpus:
+            raise UserError(f"config: accelerator {cfg.accelerator}: no CUDA GPU on this machine")
+        if wanted is not None and wanted > gpus:
+            raise UserError(f"config: devices {wanted}: this machine has {gpus} GPU(s)")
+        return (wanted or gpus) * cfg.num_nodes
+    if cfg.accelerator == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("config: accelerator mps: no Apple GPU on this machine")
+        return 1
+    cores = os.cpu_count() or 1
+    if wanted is not None and wanted > cores:
+        raise UserError(f"config: devices {wanted}: more training processes than this machine's {cores} CPU cores")
+    return (wanted or 1) * cfg.num_nodes
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a run folder; choose another --out")
+    if not resume and (out / "metrics.csv").exists():
+        raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+
+
+def _check_split(cfg: TrainConfig, train: list, val: list, processes: int) -> None:
+    """Enough films for the run: a 1-film training set breaks batch norm, an empty validation set the schedule, and
+    DDP processes that each get less than a batch train nothing at all."""
+    if len(train) < 2 or not val:
+        raise UserError(f"{cfg.labels}: {len(train) + len(val)} usable film(s) leave {len(train)} to train on and "
+                        f"{len(val)} to validate; at least 2 and 1 are needed")
+    if processes > 1 and len(train) // processes < cfg.batch_size:
+        raise UserError(f"config: devices {cfg.devices}: {len(train)} training films over {processes} processes "
+                        f"leave fewer than a batch ({cfg.batch_size}) each; use fewer devices or a smaller batch")
 
 
 def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     """Train; returns the path of best.ckpt. Refused while another training holds the same run folder."""
-    cfg.validate()  # before the run folder is made: a refused setting leaves nothing behind
+    if not resume and (not cfg.images or not cfg.labels):
+        raise UserError("train needs --images DIR and --labels CSV")
+    # Everything that can be checked before the run folder is made: a refused setting leaves nothing behind.
+    cfg.validate()
+    _check_out(Path(cfg.out), resume)
+    _processes(cfg)
     if _is_extra_process():  # the processes DDP launches besides the first train quietly: one log per run
         log = lambda message: None  # noqa: E731
     with _run_dir_lock(Path(cfg.out), create=not resume):
@@ -98,19 +140,23 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
 def _train(cfg: TrainConfig, resume: bool, log) -> Path:
     out = Path(cfg.out)
     last = out / "last.ckpt"
+    checkpoint = None
     if resume:
         if not last.is_file():
             raise UserError(f"{last}: nothing to resume (no last.ckpt in {out})")
-        _check_resumable(last)
-    elif (out / "metrics.csv").exists():
-        raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+        checkpoint = load_training_checkpoint(last)
+        if cfg.epochs < epochs_done(checkpoint):
+            raise UserError(f"--epochs {cfg.epochs}: the run in {out} has done {epochs_done(checkpoint)} epochs "
+                            "already; give more to extend it")
+    _check_out(out, resume)  # again, now that the folder is ours
     cfg.validate()
-    out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it
 
     data = BoneAgeData(cfg, log=log)
-    train, val = data.load_split()
+    train, val = data.load_split(save=False)
+    _check_split(cfg, train, val, _processes(cfg))
+    save_split(train, val, out)
     init = _initial_weights(cfg) if cfg.init_from and not resume else None
     if init is not None:  # a warm restart keeps the label scale its head was trained with
         cfg.model = replace(cfg.model, age_mean=init[1].age_mean, age_std=init[1].age_std)
@@ -138,7 +184,8 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
         callbacks=[best, latest, EpochCSV(out / "metrics.csv", log), SaveLastAtEnd(last)]
         + ([TQDMProgressBar(refresh_rate=10)] if interactive else [Heartbeat(log)]),
         enable_progress_bar=interactive,
-        plugins=[AtomicCheckpointIO()], logger=False, default_root_dir=out, use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO(loaded=(last, checkpoint) if checkpoint else None)], logger=False,
+        default_root_dir=out, use_distributed_sampler=False,
         num_sanity_val_steps=0, benchmark=True, enable_model_summary=False,
     )
     log(f"device {trainer.strategy.root_device}, precision {trainer.precision}, {trainer.world_size} process(es)")
@@ -179,8 +226,9 @@ def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig
     path = Path(out) / "config.json"
     if not path.is_file():
         raise UserError(f"{path}: no saved config to resume from")
-    cfg = train_config_from_dict(json.loads(path.read_text()), str(path))
+    cfg = train_config_from_dict(read_json(path), str(path))
     cfg.out = str(out)  # the folder given, not the one saved: a copied run must not train its original
+    cfg.validate(str(path))
     if epochs is not None:
         cfg.epochs = epochs
     return cfg
