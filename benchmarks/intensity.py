@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from boneage.config import Preprocess
-from boneage.data.images import load_image
+from boneage.data.images import decode_image
 from boneage.data.preprocess import preprocess_gray
 
 CHANGES = {
@@ -48,7 +48,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.images:
         files = sorted(Path(args.images).iterdir())[: args.n]
-        grays = [load_image(f) for f in files]
+        grays = [decode_image(f) for f in files]
     else:
         from boneage.data.synthetic import make_image
 

@@ -25,7 +25,7 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
 )
 
-from boneage.data.images import decode_image, load_image, read_image  # noqa: E402
+from boneage.data.images import decode_image, read_image  # noqa: E402
 from boneage.dicom import read_dicom  # noqa: E402
 from boneage.errors import UserError  # noqa: E402
 
@@ -264,7 +264,7 @@ def test_study_date_falls_back_to_acquisition_date():
 def test_dicom_is_recognised_by_content_without_a_suffix(tmp_path):
     data = to_bytes(make_dicom(STORED12, bits=12, PatientSex="F"))
     (tmp_path / "scan").write_bytes(data)
-    assert np.array_equal(load_image(tmp_path / "scan"), STORED12.astype(np.float32))
+    assert np.array_equal(decode_image(tmp_path / "scan"), STORED12.astype(np.float32))
     assert np.array_equal(decode_image(data), STORED12.astype(np.float32))
     decoded = read_image(data, "upload")
     assert decoded.dicom is not None and decoded.dicom.male is False
@@ -275,7 +275,7 @@ def test_dicom_is_recognised_by_content_without_a_suffix(tmp_path):
 def test_broken_files_are_one_line_errors_naming_the_file(tmp_path, payload):
     (tmp_path / "bad.dcm").write_bytes(payload)  # pydicom reads leniently: what is missing is the image
     with pytest.raises(UserError) as err:
-        load_image(tmp_path / "bad.dcm")
+        decode_image(tmp_path / "bad.dcm")
     assert str(err.value) == f"{tmp_path / 'bad.dcm'}: not a DICOM image (no pixel data)"
 
 

@@ -30,8 +30,8 @@ def test_each_rsna_layout_reads_the_same_records(tmp_path, header, rows):
     csv = tmp_path / "labels.csv"
     csv.write_text("\n".join([header, *rows]) + "\n")
     table = read_labels(csv, images)
-    assert [(r.id, r.male, r.age_months) for r in table.records] == [("1", True, 120.0), ("2", False, 36.0)]
-    assert table.records[0].image.suffix == ".jpg"
+    assert [(r.id, r.male, r.age_months) for r in table.rows] == [("1", True, 120.0), ("2", False, 36.0)]
+    assert table.rows[0].image.suffix == ".jpg"
 
 
 def test_bad_rows_are_skipped_with_file_row_and_reason(tmp_path):
@@ -39,7 +39,7 @@ def test_bad_rows_are_skipped_with_file_row_and_reason(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("id,boneage,male\n1,120,True\n2,,True\n3,100,\n4,-5,False\n5,900,False\n7,50,True\n1,10,True\n")
     table = read_labels(csv, images)
-    assert [r.id for r in table.records] == ["1"]
+    assert [r.id for r in table.rows] == ["1"]
     reasons = "\n".join(table.skipped)
     assert f"{csv}:3: no age" in reasons
     assert f"{csv}:4: no sex" in reasons

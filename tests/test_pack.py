@@ -14,6 +14,6 @@ def test_pack_roundtrip(synthetic, tmp_path):
         z.extractall(tmp_path / "out")
     table = read_labels(tmp_path / "out" / "labels.csv", tmp_path / "out" / "images")
     original = read_labels(labels, images)
-    assert [(r.id, r.age_months, r.male) for r in table.records] == [
-        (r.id, r.age_months, r.male) for r in original.records]
-    assert table.records[0].image.suffix == ".webp"
+    assert [(r.id, r.age_months, r.male) for r in table.rows] == [
+        (r.id, r.age_months, r.male) for r in original.rows]
+    assert table.rows[0].image.suffix == ".webp"

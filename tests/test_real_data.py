@@ -13,9 +13,9 @@ pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no RSNA data at {S
 
 def test_the_training_table_reads_whole():
     table = read_labels(SHARED / "boneage-training-dataset.csv", SHARED / "boneage-training-dataset")
-    ages = np.array([r.age_months for r in table.records])
-    assert len(table.records) == 12611 and not table.skipped
-    assert sum(r.male for r in table.records) == 6833
+    ages = np.array([r.age_months for r in table.rows])
+    assert len(table.rows) == 12611 and not table.skipped
+    assert sum(r.male for r in table.rows) == 6833
     assert ages.mean() == pytest.approx(127.3, abs=0.1)
 
 

@@ -135,7 +135,7 @@ def test_validation_ids_from_a_saved_split_are_never_trained_on(synthetic, tmp_p
     from boneage.data.split import split_by_ids
 
     images, labels = synthetic
-    records = read_labels(labels, images).records
+    records = read_labels(labels, images).rows
     write_labels(records[:50], tmp_path / "val.csv")
     train, val = split_by_ids(records, tmp_path / "val.csv")
     assert {r.id for r in val} == {r.id for r in records[:50]}

@@ -15,7 +15,7 @@ def _dataset(tmp_path, n=6):
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(folder / f"{i}.png")
     (tmp_path / "l.csv").write_text("id,boneage,male\n" + "".join(f"{i},{10 * i + 5},True\n" for i in range(n)))
-    return read_labels(tmp_path / "l.csv", folder).records
+    return read_labels(tmp_path / "l.csv", folder).rows
 
 
 def test_store_holds_preprocessed_images_and_is_reused(tmp_path):

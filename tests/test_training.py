@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 
 
 def _constant_mad(labels_csv, images) -> float:
-    ages = np.array([r.age_months for r in read_labels(labels_csv, images).records])
+    ages = np.array([r.age_months for r in read_labels(labels_csv, images).rows])
     return float(np.mean(np.abs(ages - np.median(ages))))  # the best any constant can do
 
 
@@ -80,14 +80,14 @@ def test_training_checkpoint_loads_with_weights_only(trained):
 
 def test_contrast_gamma_and_shift_barely_move_predictions(trained, synthetic):
     """The same films stored differently get nearly the same bone age (by far less than the model's MAD)."""
-    from boneage.data.images import load_image
+    from boneage.data.images import decode_image
     from boneage.inference.predictor import TorchPredictor
 
     images, labels = synthetic
     predictor = TorchPredictor.load(trained / "best.ckpt")
-    grays = [load_image(p) for p in sorted(images.iterdir())[:24]]
+    grays = [decode_image(p) for p in sorted(images.iterdir())[:24]]
     male = [True] * len(grays)
-    truth = {r.image.name: r.age_months for r in read_labels(labels, images).records}
+    truth = {r.image.name: r.age_months for r in read_labels(labels, images).rows}
     base = predictor.predict_batch(np.stack([predictor.model_input(g) for g in grays]), male)
     mad = np.mean(np.abs(base - [truth[p.name] for p in sorted(images.iterdir())[:24]]))
     for change in (lambda g: g * 0.5, lambda g: np.clip(g + 30, 0, 255), lambda g: 255 * (g / 255) ** 0.7):

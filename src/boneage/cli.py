@@ -115,7 +115,7 @@ def add_evaluate(sub) -> None:
 
 def cmd_evaluate(args) -> int:
     from boneage.evaluation.evaluate import evaluate
-    from boneage.evaluation.metrics import format_report
+    from boneage.evaluation.metrics import format_summary
     from boneage.inference.checkpoint import default_model_path
     from boneage.inference.loading import load_predictor
 
@@ -131,7 +131,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(format_report(result))
+        print(format_summary(result))
         for name, path in result.get("files", {}).items():
             print(f"  {name}: {path}")
     return 0
@@ -253,7 +253,7 @@ def _case(path, sex, args) -> Case:
 def _sexes_from_labels(labels: str, films) -> list[bool | None]:
     from boneage.data.labels import read_labels
 
-    table = {r.id: r.male for r in read_labels(labels, ".", require_image=False).records}
+    table = {r.id: r.male for r in read_labels(labels, ".", require_image=False).rows}
     return [table.get(Path(f).stem) for f in films]
 
 

@@ -5,7 +5,7 @@ its content (the 'DICM' magic at byte 128) or a .dcm/.dicom suffix. A decoding p
 unsupported mode, too large) is a `UserError` that names the file.
 
 `read_image` returns the gray image with what `boneage.quality` needs (how colourful the file was, the DICOM header);
-`decode_image` and `load_image` return the gray image alone.
+`decode_image` returns the gray image alone.
 """
 
 from __future__ import annotations
@@ -105,8 +105,3 @@ def read_image(data: bytes | Path | str, name: str | None = None) -> Decoded:
 def decode_image(data: bytes | Path | str, name: str | None = None) -> np.ndarray:
     """Decode PNG (8/16-bit), JPEG, WebP, TIFF, BMP or DICOM (by content) into a 2-D float32 array."""
     return read_image(data, name).gray
-
-
-def load_image(path: Path | str) -> np.ndarray:
-    """Any supported file, DICOM included, to a 2-D float32 gray array (MONOCHROME2: bone bright)."""
-    return read_image(path).gray

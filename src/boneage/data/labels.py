@@ -29,7 +29,7 @@ LAYOUTS = {
 
 
 @dataclass(frozen=True)
-class Record:
+class LabelRow:
     id: str
     image: Path
     male: bool
@@ -38,7 +38,7 @@ class Record:
 
 @dataclass
 class LabelTable:
-    records: list[Record]
+    rows: list[LabelRow]
     skipped: list[str] = field(default_factory=list)  # "file:row: reason", one per skipped row
 
     def skipped_summary(self) -> str:
@@ -95,7 +95,7 @@ def read_labels(labels: str | Path, images: str | Path, require_image: bool = Tr
     col = {name: header.index(name) for name in (id_col, age_col, sex_col)}
     on_disk = index_images(images) if require_image else {}
 
-    table = LabelTable(records=[])
+    table = LabelTable(rows=[])
     seen: set[str] = set()
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
@@ -130,18 +130,18 @@ def read_labels(labels: str | Path, images: str | Path, require_image: bool = Tr
             table.skipped.append(f"{where}: no image (no file {image_id}.* in {images})")
             continue
         seen.add(image_id)
-        table.records.append(Record(image_id, image, male, age))
-    if not table.records:
+        table.rows.append(LabelRow(image_id, image, male, age))
+    if not table.rows:
         first = f"; first: {table.skipped[0]}" if table.skipped else ""
         raise UserError(f"{labels}: no usable rows ({table.skipped_summary()}{first})")
     return table
 
 
-def write_labels(records: list[Record], path: Path) -> None:
-    """Write records in the training layout, so a saved split is itself a label file `evaluate` accepts."""
+def write_labels(rows: list[LabelRow], path: Path) -> None:
+    """Write rows in the training layout, so a saved split is itself a label file `evaluate` accepts."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "boneage", "male"])
-        for r in records:
+        for r in rows:
             w.writerow([r.id, f"{r.age_months:g}", "True" if r.male else "False"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from boneage.data.images import load_image
+from boneage.data.images import decode_image
 from boneage.data.labels import read_labels
 from boneage.errors import UserError
 
@@ -26,7 +26,7 @@ from boneage.errors import UserError
 def _encode(args: tuple[str, int, int]) -> bytes | str:
     path, size, quality = args
     try:
-        gray = load_image(path)
+        gray = decode_image(path)
     except UserError as exc:
         return str(exc)
     if gray.max() > 255:  # 16-bit: keep its full range in 8 bits; per-image normalisation comes later anyway
@@ -45,11 +45,11 @@ def build_pack(images: str, labels: str, out: str, size: int = 299, quality: int
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    jobs = [(str(r.image), size, quality) for r in table.records]
+    jobs = [(str(r.image), size, quality) for r in table.rows]
     skipped = list(table.skipped)
     kept = []
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as pack, ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        for r, data in zip(table.records, pool.map(_encode, jobs, chunksize=32)):
+        for r, data in zip(table.rows, pool.map(_encode, jobs, chunksize=32)):
             if isinstance(data, str):
                 skipped.append(data)
                 continue

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from boneage.config import Preprocess, to_dict
-from boneage.data.images import load_image
-from boneage.data.labels import Record
+from boneage.data.images import decode_image
+from boneage.data.labels import LabelRow
 from boneage.data.preprocess import preprocess_gray
 from boneage.errors import UserError
 
@@ -30,7 +30,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BONEAGE_CACHE", Path.home() / ".cache" / "boneage")) / "stores"
 
 
-def store_key(records: list[Record], pp: Preprocess) -> str:
+def store_key(records: list[LabelRow], pp: Preprocess) -> str:
     h = hashlib.sha256(json.dumps({"format": FORMAT, "preprocess": to_dict(pp)}, sort_keys=True).encode())
     for r in records:
         st = r.image.stat()
@@ -48,7 +48,7 @@ def _crc(array: np.ndarray) -> int:
 def _decode_one(args: tuple[str, dict]) -> tuple[np.ndarray | None, str | None]:
     path, pp = args
     try:
-        return preprocess_gray(load_image(path), Preprocess(**pp)), None
+        return preprocess_gray(decode_image(path), Preprocess(**pp)), None
     except UserError as exc:
         return None, str(exc)
 
@@ -78,7 +78,7 @@ def _open(npy: Path, meta_path: Path, ids: list[str]) -> ImageStore | None:
 
 
 def open_store(
-    records: list[Record], pp: Preprocess, cache_dir: str | Path | None = None, workers: int | None = None,
+    records: list[LabelRow], pp: Preprocess, cache_dir: str | Path | None = None, workers: int | None = None,
     log=print,
 ) -> ImageStore:
     """Open the store for these records and settings, building (or rebuilding) it if needed."""

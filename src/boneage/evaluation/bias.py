@@ -18,7 +18,7 @@ import numpy as np
 
 from boneage.bias import BiasCorrection
 from boneage.errors import UserError
-from boneage.evaluation.metrics import report
+from boneage.evaluation.metrics import error_summary
 
 KNOTS = tuple(float(k) for k in range(0, 241, 24))  # months: 0 to 20 years, every 2 years
 SMOOTH = 2.0  # weight of the second-difference penalty, per film: enough to carry a curve over sparse ages
@@ -74,13 +74,13 @@ def worst_band_bias(result: dict) -> float:
 def choose(answers, true, male, folds: int = 5, seed: int = 0) -> dict:
     """Both kinds of curve (one for both sexes, one per sex), cross-fitted; the one with the smaller worst band bias
     is chosen unless it costs more than 0.05 months of MAD. Returns the figures before and after, and the choice."""
-    before = report(answers, true, male)
+    before = error_summary(answers, true, male)
     fewest = min(int(np.sum(male)), int(np.sum(~np.asarray(male, bool)))) * (folds - 1) // folds
     tried = {}
     for per_sex in (False, True) if fewest >= 50 else (False,):
         corrected = cross_fit(answers, true, male, per_sex, folds, seed)
         tried["per sex" if per_sex else "both sexes"] = {"per_sex": per_sex, "corrected": corrected,
-                                                         "result": report(corrected, true, male)}
+                                                         "result": error_summary(corrected, true, male)}
     pooled, split = tried["both sexes"], tried.get("per sex")
     better = split is not None and worst_band_bias(split["result"]) < worst_band_bias(pooled["result"]) \
         and split["result"]["mad_months"] <= pooled["result"]["mad_months"] + 0.05

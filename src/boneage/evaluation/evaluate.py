@@ -10,17 +10,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from boneage.data.images import load_image
-from boneage.data.labels import Record, read_labels
+from boneage.data.images import decode_image
+from boneage.data.labels import LabelRow, read_labels
 from boneage.errors import UserError
-from boneage.evaluation.metrics import report
+from boneage.evaluation.metrics import error_summary
 from boneage.inference.predictor import Predictor
 
 
 class _Prepared(Dataset):
     """Decodes and preprocesses in loader workers, so the model never waits on JPEG decoding."""
 
-    def __init__(self, records: list[Record], predictor: Predictor):
+    def __init__(self, records: list[LabelRow], predictor: Predictor):
         self.records, self.pp = records, predictor.preprocess
         self.model_input = predictor.model_input
 
@@ -30,19 +30,19 @@ class _Prepared(Dataset):
     def __getitem__(self, i: int):
         r = self.records[i]
         try:
-            return torch.from_numpy(self.model_input(load_image(r.image))), r.male, i, ""
+            return torch.from_numpy(self.model_input(decode_image(r.image))), r.male, i, ""
         except UserError as exc:
             return torch.zeros(self.pp.image_size, self.pp.image_size, dtype=torch.uint8), r.male, i, str(exc)
 
 
 def predict_labelled(predictor, images: str, labels: str, batch_size: int = 32, workers: int = 2,
-                     log=print) -> tuple[list[Record], np.ndarray, np.ndarray, int]:
+                     log=print) -> tuple[list[LabelRow], np.ndarray, np.ndarray, int]:
     """(records read, their answers (the mean over views and members), the answers' spread, films not scored)."""
     table = read_labels(labels, images)
     if table.skipped:
         log(f"{labels}: {table.skipped_summary()}")
-    loader = DataLoader(_Prepared(table.records, predictor), batch_size=batch_size, num_workers=workers)
-    pred, spread = np.full(len(table.records), np.nan), np.full(len(table.records), np.nan)
+    loader = DataLoader(_Prepared(table.rows, predictor), batch_size=batch_size, num_workers=workers)
+    pred, spread = np.full(len(table.rows), np.nan), np.full(len(table.rows), np.nan)
     failed: list[str] = []
     for x, male, idx, errors in loader:
         views = predictor.predict_views(x, male.numpy())  # (views x members, B)
@@ -54,7 +54,7 @@ def predict_labelled(predictor, images: str, labels: str, batch_size: int = 32, 
     ok = ~np.isnan(pred)
     if not ok.any():
         raise UserError(f"{labels}: no image could be read (first: {failed[0] if failed else 'none'})")
-    records = [r for r, k in zip(table.records, ok) if k]
+    records = [r for r, k in zip(table.rows, ok) if k]
     return records, pred[ok], spread[ok], len(table.skipped) + len(failed)
 
 
@@ -63,7 +63,7 @@ def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = N
     records, pred, spread, skipped = predict_labelled(predictor, images, labels, batch_size, workers, log)
     true = np.array([r.age_months for r in records])
     male = np.array([r.male for r in records])
-    result = report(pred, true, male)
+    result = error_summary(pred, true, male)
     result["skipped"] = skipped
     result["model_arch"] = predictor.spec.model.arch
     result["views"], result["members"] = predictor.tta, getattr(predictor, "members", 1)
@@ -75,7 +75,7 @@ def evaluate(predictor: Predictor, images: str, labels: str, out: str | None = N
     return result
 
 
-def write_outputs(out: Path, records: list[Record], pred: np.ndarray, result: dict,
+def write_outputs(out: Path, records: list[LabelRow], pred: np.ndarray, result: dict,
                   spread: np.ndarray | None = None) -> dict[str, str]:
     from boneage.evaluation.figures import plot_bland_altman, plot_scatter
 

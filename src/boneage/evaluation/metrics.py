@@ -21,7 +21,7 @@ def summarise(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     }
 
 
-def report(pred: np.ndarray, true: np.ndarray, male: np.ndarray) -> dict:
+def error_summary(pred: np.ndarray, true: np.ndarray, male: np.ndarray) -> dict:
     """Overall figures at the top level, then `by_sex` and `by_age_band` (bands of true age, in years)."""
     pred, true, male = np.asarray(pred), np.asarray(true), np.asarray(male, dtype=bool)
     out: dict = summarise(pred, true)
@@ -33,7 +33,7 @@ def report(pred: np.ndarray, true: np.ndarray, male: np.ndarray) -> dict:
     return out
 
 
-def format_report(r: dict) -> str:
+def format_summary(r: dict) -> str:
     def line(name: str, s: dict) -> str:
         if not s.get("n"):
             return f"  {name:<10} n=0"

@@ -19,7 +19,7 @@ from PIL import Image
 
 from boneage.config import Preprocess, to_dict
 from boneage.data.crop import crop_to_hand
-from boneage.data.images import load_image
+from boneage.data.images import decode_image
 from boneage.data.labels import read_labels
 from boneage.data.preprocess import preprocess_gray
 from boneage.errors import UserError
@@ -140,7 +140,7 @@ def _prepare_film(args: tuple[str, dict, list[str] | None]) -> np.ndarray:
     """One film -> uint8 (1 + n changes, S, S): the original first, then each changed copy, all preprocessed."""
     path, pp, families = args
     pp = Preprocess(**pp)
-    gray = load_image(path)
+    gray = decode_image(path)
     return np.stack([preprocess_gray(gray, pp)] + [preprocess_gray(fn(gray), pp) for _, _, fn in select(families)])
 
 
@@ -149,7 +149,7 @@ def measure(predictor, images: str, labels: str, limit: int | None = None, worke
     """Predictions for every film and change (of `families`, default all) -> the table (see `summarise`) plus the
     deltas per film."""
     changes = select(families)
-    records = read_labels(labels, images).records[: limit or None]
+    records = read_labels(labels, images).rows[: limit or None]
     pp = to_dict(predictor.preprocess)
     workers = workers or min(16, os.cpu_count() or 1)
     base, deltas = np.zeros(len(records)), np.zeros((len(records), len(changes)))

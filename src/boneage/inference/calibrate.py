@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boneage.data.images import load_image
+from boneage.data.images import decode_image
 from boneage.data.labels import read_labels
 from boneage.data.preprocess import preprocess_gray, to_model_input
 from boneage.errors import UserError
@@ -24,10 +24,10 @@ from boneage.inference.weights import pack_state_dict, unpack_state_dict
 
 def calibration_batch(images, labels, preprocess, films: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `films` rows of a label CSV (training films, not validation ones) -> model input and sex."""
-    records = read_labels(labels, images).records[:films]
+    records = read_labels(labels, images).rows[:films]
     if not records:
         raise UserError(f"{labels}: no films to calibrate on")
-    gray = np.stack([preprocess_gray(load_image(r.image), preprocess) for r in records])
+    gray = np.stack([preprocess_gray(decode_image(r.image), preprocess) for r in records])
     x = to_model_input(torch.from_numpy(gray)[:, None], preprocess)
     return x, torch.tensor([r.male for r in records], dtype=torch.float32)
 

@@ -21,7 +21,7 @@ from torch.utils.data import (
 )
 
 from boneage.config import TrainConfig
-from boneage.data.labels import Record, read_labels
+from boneage.data.labels import LabelRow, read_labels
 from boneage.data.split import save_split, shuffle_and_limit, split, split_by_ids
 from boneage.data.store import open_store
 
@@ -58,7 +58,7 @@ def age_balance_weights(age_months: torch.Tensor, power: float) -> torch.Tensor:
     return counts[years] ** -power
 
 
-def _tensors(records: list[Record], store) -> TensorBatches:
+def _tensors(records: list[LabelRow], store) -> TensorBatches:
     index = store.index
     rows = torch.as_tensor([index[r.id] for r in records], dtype=torch.long)
     images = torch.from_numpy(store.pixels[rows.numpy()])  # one gather from the memory map: (N, S, S) uint8
@@ -74,14 +74,14 @@ class BoneAgeData(L.LightningDataModule):
         self.train_set: TensorBatches | None = None
         self.val_set: TensorBatches | None = None
 
-    def load_split(self, save: bool = True) -> tuple[list[Record], list[Record]]:
+    def load_split(self, save: bool = True) -> tuple[list[LabelRow], list[LabelRow]]:
         """Read labels, split, decode. Called once before the Trainer starts (and so before any DDP fork)."""
         cfg = self.cfg
         table = read_labels(cfg.labels, cfg.images)
-        self._print(f"{cfg.labels}: {len(table.records)} usable rows; {table.skipped_summary()}")
+        self._print(f"{cfg.labels}: {len(table.rows)} usable rows; {table.skipped_summary()}")
         for line in table.skipped[:5]:
             self._print(f"  skipped {line}")
-        records = shuffle_and_limit(table.records, cfg.seed, cfg.limit)
+        records = shuffle_and_limit(table.rows, cfg.seed, cfg.limit)
         store = open_store(records, cfg.preprocess, cfg.cache_dir, log=self._print)
         if store.failed:
             self._print(f"{len(store.failed)} images could not be decoded and are skipped; first: "
