@@ -16,8 +16,8 @@ from itertools import islice
 from pathlib import Path
 
 from boneage.assessment import Case, Prepared, model_identity, predict_prepared, prepare, report
-from boneage.data.labels import IMAGE_EXTENSIONS
-from boneage.errors import UserError
+from boneage.data.labels import IMAGE_EXTENSIONS, parse_sex, read_labels
+from boneage.errors import UserError, shown
 from boneage.record import COLUMNS, ModelIdentity, Refusal
 
 
@@ -33,6 +33,30 @@ def list_films(paths: list[str | Path]) -> list[Path]:
         else:
             raise UserError(f"{p}: no such file or folder")
     return films
+
+
+def parse_sexes(value: str, n: int) -> list[bool]:
+    """`M` for every film, or `M,F,M` one per film."""
+    parts = [p for p in value.split(",") if p.strip()]
+    sexes = [parse_sex(p) for p in parts]
+    if not parts or any(s is None for s in sexes):
+        raise UserError(f"--sex: expected M or F (or a comma list, one per image), got {shown(value)}")
+    if len(sexes) == 1:
+        return sexes * n
+    if len(sexes) != n:
+        raise UserError(f"--sex: {len(sexes)} values for {n} images")
+    return sexes
+
+
+def cases_for(films: list[Path], sex: str | None = None, labels: str | Path | None = None, **facts) -> list[Case]:
+    """The cases of films, each film's sex from (first) `sex` (one for all, or one per film), then a label CSV's row
+    of the same id (the file name without its suffix), then, at assessment, the DICOM header. `facts`: the other
+    fields of `Case` (age, dates, check), the same for every film."""
+    sexes: list[bool | None] = parse_sexes(sex, len(films)) if sex else [None] * len(films)
+    if labels:
+        table = {r.id: r.male for r in read_labels(labels, ".", require_image=False).rows}
+        sexes = [s if s is not None else table.get(Path(f).stem) for s, f in zip(sexes, films)]
+    return [Case(data=f, name=str(f), sex=s, **facts) for f, s in zip(films, sexes)]
 
 
 def check_out(out: Path) -> None:

@@ -23,21 +23,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_sexes(value: str, n: int) -> list[bool]:
-    """`M` for every image, or `M,F,M` one per image."""
-    from boneage.data.labels import parse_sex
-
-    parts = [p for p in value.split(",") if p.strip()]
-    sexes = [parse_sex(p) for p in parts]
-    if not parts or any(s is None for s in sexes):
-        raise UserError(f"--sex: expected M or F (or a comma list, one per image), got {shown(value)}")
-    if len(sexes) == 1:
-        return sexes * n
-    if len(sexes) != n:
-        raise UserError(f"--sex: {len(sexes)} values for {n} images")
-    return sexes
-
-
 # ---------------------------------------------------------------------------------------------------------- train
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (the poster's recipe by default)",
@@ -245,18 +230,6 @@ def add_predict(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _case(path, sex, args) -> Case:
-    return Case(data=path, name=str(path), sex=sex, age_months=args.age, birth_date=args.dob,
-                study_date=args.study_date, check=args.check)
-
-
-def _sexes_from_labels(labels: str, films) -> list[bool | None]:
-    from boneage.data.labels import read_labels
-
-    table = {r.id: r.male for r in read_labels(labels, ".", require_image=False).rows}
-    return [table.get(Path(f).stem) for f in films]
-
-
 def cmd_predict(args) -> int:
     from boneage.assessment import assess, check_dates
     from boneage.inference.loading import load_predictor
@@ -270,17 +243,15 @@ def cmd_predict(args) -> int:
         raise UserError("a folder of films is scored into a CSV: give --out FILE.csv")
     if batch and (args.heatmap or args.chart):
         raise UserError("--heatmap and --chart are for single films, not batch scoring")
-    from boneage.batch import check_out, list_films
+    from boneage.batch import cases_for, check_out, list_films
 
     if batch:
         check_out(Path(args.out))
     films = list_films(args.images)
     if not films:
         raise UserError(f"{', '.join(args.images)}: no image files")
-    sexes = parse_sexes(args.sex, len(films)) if args.sex else [None] * len(films)
-    if args.labels:
-        sexes = [s if s is not None else m for s, m in zip(sexes, _sexes_from_labels(args.labels, films))]
-    cases = [_case(f, s, args) for f, s in zip(films, sexes)]
+    cases = cases_for(films, args.sex, args.labels, age_months=args.age, birth_date=args.dob,
+                      study_date=args.study_date, check=args.check)
     check_dates(cases[0])  # a malformed date fails before the model loads
     if args.dicom_out:
         if batch or args.heatmap or args.chart:

@@ -194,11 +194,8 @@ class TrainConfig:
         _check_numbers(self, where)
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"{where}: seed must be between 0 and {MAX_SEED}, not {self.seed}")
-        from boneage.models import trunk_spec
-
-        least, size = trunk_spec(self.model.arch).min_size, self.preprocess.image_size
-        if not least <= size <= MAX_IMAGE_SIZE:
-            raise UserError(f"{where}: image_size {size} is out of range: {self.model.arch} takes {least} to "
+        if not 1 <= self.preprocess.image_size <= MAX_IMAGE_SIZE:  # each trunk's least: training.train
+            raise UserError(f"{where}: image_size {self.preprocess.image_size} is out of range: at most "
                             f"{MAX_IMAGE_SIZE} pixels")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")

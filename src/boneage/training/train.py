@@ -21,9 +21,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from boneage.config import TrainConfig, read_json, to_dict, train_config_from_dict
+from boneage.config import MAX_IMAGE_SIZE, TrainConfig, read_json, to_dict, train_config_from_dict
 from boneage.data.split import save_split
 from boneage.errors import UserError
+from boneage.models import trunk_spec
 from boneage.training.callbacks import AtomicCheckpointIO, EpochCSV, Heartbeat, SaveLastAtEnd
 from boneage.training.datamodule import BoneAgeData
 from boneage.training.module import BoneAgeModule
@@ -123,12 +124,22 @@ def _check_split(cfg: TrainConfig, train: list, val: list, processes: int) -> No
                         f"leave fewer than a batch ({cfg.batch_size}) each; use fewer devices or a smaller batch")
 
 
+def _validate(cfg: TrainConfig, where: str = "config") -> None:
+    """The settings alone (config), then what the architecture takes (the model registry, which config cannot
+    import)."""
+    cfg.validate(where)
+    least, size = trunk_spec(cfg.model.arch).min_size, cfg.preprocess.image_size
+    if size < least:
+        raise UserError(f"{where}: image_size {size} is out of range: {cfg.model.arch} takes {least} to "
+                        f"{MAX_IMAGE_SIZE} pixels")
+
+
 def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     """Train; returns the path of best.ckpt. Refused while another training holds the same run folder."""
     if not resume and (not cfg.images or not cfg.labels):
         raise UserError("train needs --images DIR and --labels CSV")
     # Everything that can be checked before the run folder is made: a refused setting leaves nothing behind.
-    cfg.validate()
+    _validate(cfg)
     _check_out(Path(cfg.out), resume)
     _processes(cfg)
     if _is_extra_process():  # the processes DDP launches besides the first train quietly: one log per run
@@ -149,7 +160,7 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
             raise UserError(f"--epochs {cfg.epochs}: the run in {out} has done {epochs_done(checkpoint)} epochs "
                             "already; give more to extend it")
     _check_out(out, resume)  # again, now that the folder is ours
-    cfg.validate()
+    _validate(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it
 
@@ -228,7 +239,7 @@ def config_for_resume(out: str | os.PathLike, epochs: int | None) -> TrainConfig
         raise UserError(f"{path}: no saved config to resume from")
     cfg = train_config_from_dict(read_json(path), str(path))
     cfg.out = str(out)  # the folder given, not the one saved: a copied run must not train its original
-    cfg.validate(str(path))
+    _validate(cfg, str(path))
     if epochs is not None:
         cfg.epochs = epochs
     return cfg
