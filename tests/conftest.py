@@ -45,6 +45,22 @@ def trained(synthetic, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained tiny network as a weights file: fast, for tests of everything around the model."""
+    import torch
+
+    from boneage.config import ModelConfig, Preprocess, TrainConfig, to_dict
+    from boneage.inference.weights import make_weights_file
+    from boneage.models import create_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=ModelConfig(arch="tiny_cnn", hidden=(32,)), preprocess=Preprocess(image_size=64))
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save(make_weights_file(create_model(cfg.model).state_dict(), to_dict(cfg), "float32"), path)
+    return path
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m boneage ARGS` in a fresh process, as a user would run it (slow: ~3 s of imports)."""
     import sys

@@ -40,21 +40,6 @@ def bomb(pixel_bytes: int = 64 << 20, **tags) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    import torch
-
-    from boneage.config import ModelConfig, Preprocess, TrainConfig, to_dict
-    from boneage.inference.weights import make_weights_file
-    from boneage.models import create_model
-
-    torch.manual_seed(0)
-    cfg = TrainConfig(model=ModelConfig(arch="tiny_cnn", hidden=(32,)), preprocess=Preprocess(image_size=64))
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(make_weights_file(create_model(cfg.model).state_dict(), to_dict(cfg), "float32"), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def client(tiny_model):
     from fastapi.testclient import TestClient
 
