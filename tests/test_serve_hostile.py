@@ -201,3 +201,24 @@ def test_heatmaps_go_one_at_a_time_beside_normal_films():
     for t in threads:
         t.join(10)
     assert len(inside) == 6
+
+
+def test_films_are_prepared_on_a_few_threads_whatever_the_number_of_clients():
+    """Memory a thread keeps after a large film stays bounded by the lanes' threads, not by the clients at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = set()
+
+    class Recorder(Stub):
+        def report(self, data, name, inputs):
+            threads.add(threading.current_thread().name)
+            time.sleep(0.02)
+            return {"image": name}
+
+    client = TestClient(_app(Recorder(), per_client=32))
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda i: client.post("/predict", files={"file": ("x.png", _png())},
+                                                    data={"sex": "M", "heatmap": str(i % 2 == 0).lower()}
+                                                    ).status_code, range(32)))
+    assert codes == [200] * 32
+    assert any(t.startswith("boneage-heavy") for t in threads) and len(threads) <= 5, threads
