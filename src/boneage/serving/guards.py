@@ -41,7 +41,7 @@ def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
 
 
 class SameOriginPosts:
-    """A POST whose Origin header is present and is not this service's own origin (scheme and Host) is a 403.
+    """A POST whose Origin header is present and is not this service's own origin (its Host) is a 403.
 
     Browsers send Origin with every cross-site form or fetch POST; a form on another page could otherwise make a
     user's browser post films here. Clients that are not browsers (curl, scripts) send none and are not affected."""
@@ -52,9 +52,9 @@ class SameOriginPosts:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST":
             headers = Headers(scope=scope)
-            origin = headers.get("origin")
-            own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
-            if origin is not None and origin.rstrip("/").lower() != own:
+            origin, own = headers.get("origin"), headers.get("host", "").lower()
+            # host and port only: behind a TLS proxy the page is https while this server sees http
+            if origin is not None and origin.rstrip("/").lower().partition("://")[2] != own:
                 detail = f"cross-origin request refused (Origin {origin[:100]!r} is not {own})"
                 return await JSONResponse({"detail": detail}, 403, CLOSE)(scope, receive, send)
         return await self.app(scope, receive, send)
