@@ -55,7 +55,8 @@ def main() -> int:
     big = large_png(args.side)
     normal = (ROOT / "examples" / "14471.jpg").read_bytes()
     port = free_port()
-    cmd = [sys.executable, "-m", "boneage", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "boneage", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--per-client", "64"]  # every upload comes from this one address: the memory is measured, not the limit
     server = subprocess.Popen(cmd + (["--model", args.model] if args.model else []), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"

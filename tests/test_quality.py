@@ -7,6 +7,7 @@ validation of the not-a-hand and inversion checks is in the `boneage.quality` do
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -305,3 +306,32 @@ def test_cli_check_refuses_with_the_reason(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("boneage: error: ") and "noise.png: probably not a hand radiograph" in err
     assert len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------- other images, with no header to go by
+@pytest.mark.parametrize("kind", ["whole_body", "ultrasound", "ct_slice", "face"])
+def test_other_images_are_refused_from_their_pixels_alone(kind):
+    """Generated stand-ins for a nuclear-medicine whole-body scan, an ultrasound, a stripped CT slice and a gray photo
+    of a face, as headerless PNGs: refused (the score catches ~97%, benchmarks/not_hand_fit.py), naming the file."""
+    from boneage.data.impostors import make_impostor
+
+    rng = np.random.default_rng(11)
+    refused = 0
+    for i in range(10):
+        buf = io.BytesIO()
+        Image.fromarray(make_impostor(kind, rng, 256 + 40 * i)).save(buf, "PNG")
+        try:
+            read_checked(buf.getvalue(), f"{kind}{i}.png")
+        except UserError as exc:
+            assert re.match(rf"{kind}{i}\.png: probably (not a hand radiograph|inverted) \(", str(exc)), str(exc)
+            refused += 1
+    assert refused >= 9
+
+
+def test_drawn_hands_of_any_size_score_as_hands():
+    from boneage.quality import not_hand_score
+
+    for seed, (h, w) in enumerate([(400, 320), (300, 240), (128, 100), (1200, 900), (320, 400), (500, 500)]):
+        hand = np.round(hand_phantom(h, w, seed) * 255)
+        assert not_hand_score(image_features(hand)) < 0, (seed, h, w)
+        assert check_image(hand, "hand.png") == []

@@ -498,24 +498,37 @@ def cmd_export(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- serve
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="the web service and page (FastAPI): POST /predict, GET /health, /docs")
+    p = sub.add_parser("serve", help="the web service and page (FastAPI): POST /predict, GET /health, "
+                                     "/openapi.json")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network")
     p.add_argument("--port", type=int, default=8000)
     add_model_options(p)
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto: ONNX Runtime when installed (converted once, cached), else PyTorch")
     p.add_argument("--max-upload-mb", type=float, default=64.0)
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a name the service is reached by (Host header), besides localhost and the bound address; "
+                        "repeatable")
+    p.add_argument("--per-client", type=int, default=4, metavar="N",
+                   help="requests in progress at once per client address (default %(default)s); more get a 429")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from boneage.serving.guards import HeaderTimeoutH11, allowed_hosts, check_serve_options
+
+    check_serve_options(args.port, args.max_upload_mb, args.per_client)
+    hosts = allowed_hosts(args.host, args.allow_host)
     from boneage.serving.app import build
 
-    app = build(args.model, args.runtime, args.max_upload_mb, tta=args.tta)
-    print(f"boneage: serving on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    app = build(args.model, args.runtime, args.max_upload_mb, tta=args.tta, allowed_hosts=hosts,
+                per_client=args.per_client)
+    print(f"boneage: serving on http://{args.host}:{args.port}/ (API schema at /openapi.json; answering to "
+          f"{', '.join(hosts)})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=HeaderTimeoutH11,
+                timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024)
     return 0
 
 

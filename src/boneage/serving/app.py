@@ -1,20 +1,26 @@
-"""The FastAPI application: GET /health, POST /predict, the web page at /, OpenAPI at /docs.
+"""The FastAPI application: GET /health, POST /predict, the web page at /, the OpenAPI schema at /openapi.json.
 
 Bad input is a 4xx with a one-line `detail`; anything unexpected is a 500 for that request only: the server goes on.
 Uploads are held in memory (or Starlette's spool in the system temp dir) and never written anywhere else; a body over
 the limit is refused at the byte that crosses it, with or without a Content-Length. Decoding is admitted by decoded
-size (`Admission`), so concurrent large films cannot take the server's memory (benchmarks/large_images.py).
+size (`Admission`), so concurrent large films cannot take the server's memory (benchmarks/large_images.py,
+benchmarks/hostile.py). Before any of that, `boneage.serving.guards` refuses another Host, a cross-origin POST, a
+client with too many requests in progress and a trickling body. No /docs page: it loads its scripts from a CDN, which
+a hospital network does not reach.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import io
 import logging
+import os
 import threading
 import warnings
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -22,10 +28,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from boneage import __version__
 from boneage.dicom import is_dicom
 from boneage.errors import UserError, shown
+from boneage.serving.guards import PerClient, SameOriginPosts, SlowBody
 from boneage.serving.report import Inputs, Reporter
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -145,16 +153,33 @@ _malloc_trim = None
 
 
 class Admission:
-    """Two lanes of `PixelBudget`: small films (up to 1/8 of the budget, about 3,500 x 3,500 at the default) share a
-    quarter of it and never queue behind large ones; large ones share the rest, in order of arrival."""
+    """Two lanes. Normal films (up to 1/10 of the budget in pixels, about 3,100 x 3,100 at the default) share a quarter
+    of it and never queue behind heavy work; heavy work (a larger film, or any heatmap: a backward pass and a
+    full-size overlay) goes one at a time, in order of arrival, so a burst of it holds one film's memory, not many."""
 
     def __init__(self, megapixels: float):
         total = int(megapixels * 1e6)
-        self.small_max = total // 8
-        self.small, self.large = PixelBudget(total // 4), PixelBudget(total - total // 4)
+        self.small_max = total // 10
+        self.small, self.large = PixelBudget(total // 4), PixelBudget(0)  # 0: each alone
+        self._lock, self._in_work = threading.Lock(), 0
 
-    def hold(self, pixels: int):
-        return (self.small if pixels <= self.small_max else self.large).hold(pixels)
+    def heavy(self, pixels: int, heatmap: bool = False) -> bool:
+        return heatmap or pixels > self.small_max
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, heatmap: bool = False):
+        heavy = self.heavy(pixels, heatmap)
+        with self._lock:
+            self._in_work += 1
+        try:
+            with (self.large if heavy else self.small).hold(pixels):
+                yield
+        finally:
+            with self._lock:
+                self._in_work -= 1
+                idle = self._in_work == 0
+            if heavy or idle:  # after a large film, and when a burst is over: its memory goes back to the system
+                _release_freed_memory()
 
 
 def invalid_form(errors) -> str:
@@ -177,26 +202,35 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx: float = 100.0) -> FastAPI:
-    """max_decoding_mpx: decoded megapixels in work at once (see `Admission`); ~8 bytes each at the peak."""
+def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx: float = 100.0,
+               allowed_hosts: list[str] | None = None, per_client: int = 4) -> FastAPI:
+    """max_decoding_mpx: decoded megapixels in work at once (see `Admission`); ~8 bytes each at the peak.
+    allowed_hosts: the Host header names answered (`guards.allowed_hosts`; `boneage serve` always gives them), None
+    for any. per_client: POSTs in progress at once per client address."""
     limit = int(max_upload_mb * 1024 * 1024)
     admission = Admission(max_decoding_mpx)
 
-    def admitted_report(data: bytes, name: str, inputs: Inputs) -> dict:
-        pixels = decoded_pixels(data)
-        try:
-            with admission.hold(pixels):
-                return reporter.report(data, name, inputs)
-        finally:
-            if pixels > admission.small_max:
-                _release_freed_memory()
+    def admitted_report(data: bytes, name: str, inputs: Inputs, pixels: int) -> dict:
+        with admission.hold(pixels, inputs.heatmap):
+            return reporter.report(data, name, inputs)
 
-    app = FastAPI(title="boneage", version=__version__,
+    # Each lane's work runs on its own few threads, never on the framework's pool of 40: memory that a thread keeps
+    # once it has prepared a large film (per-thread buffers that malloc_trim cannot return) then stays bounded by
+    # these threads, where 16 clients at once would otherwise leave it on 16 threads (benchmarks/hostile.py).
+    lanes = {True: ThreadPoolExecutor(1, thread_name_prefix="boneage-heavy"),
+             False: ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="boneage-normal")}
+
+    app = FastAPI(title="boneage", version=__version__, docs_url=None, redoc_url=None,
                   description="Bone age from a hand radiograph (PNG, JPEG, TIFF or DICOM), with the bone-age SDS "
                               "against the Greulich & Pyle (Brush Foundation) reference. Research use only.")
 
     # room for the form's other fields and the multipart boundaries
     app.add_middleware(LimitBody, limit=limit + 64 * 1024, detail=f"upload too large (limit {max_upload_mb:g} MB)")
+    app.add_middleware(SlowBody)  # the last added runs first: the Host, then the Origin, then the client's count
+    app.add_middleware(PerClient, limit=per_client)
+    app.add_middleware(SameOriginPosts)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
@@ -242,7 +276,9 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
             raise UserError(f"{file.filename or 'file'}: empty upload")
         inputs = Inputs(sex or None, chronological_age_months, birth_date or None, study_date or None, heatmap,
                         preview, chart)
-        return await run_in_threadpool(admitted_report, data, file.filename or "upload", inputs)
+        pixels = await run_in_threadpool(decoded_pixels, data)
+        lane = lanes[admission.heavy(pixels, heatmap)]
+        return await asyncio.wrap_future(lane.submit(admitted_report, data, file.filename or "upload", inputs, pixels))
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -251,9 +287,10 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
     return app
 
 
-def build(model=None, runtime: str = "auto", max_upload_mb: float = 64.0, tta: str = "flip") -> FastAPI:
+def build(model=None, runtime: str = "auto", max_upload_mb: float = 64.0, tta: str = "flip",
+          allowed_hosts: list[str] | None = None, per_client: int = 4) -> FastAPI:
     """model: a path, a list of paths (an ensemble) or None (the shipped model)."""
     from boneage.inference.loading import load_predictor
 
     predictor = load_predictor(model, runtime, tta=tta)
-    return create_app(Reporter(predictor), max_upload_mb)
+    return create_app(Reporter(predictor), max_upload_mb, allowed_hosts=allowed_hosts, per_client=per_client)
