@@ -77,8 +77,8 @@ def test_an_absurd_age_in_a_dicom_header_is_ignored_with_a_warning():
 def test_the_cli_and_the_service_give_the_same_record(trained, capsys):
     from fastapi.testclient import TestClient
 
+    from boneage.serving.answer import Answerer
     from boneage.serving.app import create_app
-    from boneage.serving.report import Reporter
 
     model = trained / "best.ckpt"
     result = cli("predict", EXAMPLE, "--model", model, "--sex", "M", "--age", 114, "--json", "--no-checks")
@@ -89,7 +89,7 @@ def test_the_cli_and_the_service_give_the_same_record(trained, capsys):
     from boneage.inference.loading import load_predictor
 
     # the service's default predictor, as `boneage serve` builds it: the same runtime as the CLI's default
-    client = TestClient(create_app(Reporter(load_predictor(model, "auto"))))
+    client = TestClient(create_app(Answerer(load_predictor(model, "auto"))))
     r = client.post("/predict", files={"file": (str(EXAMPLE), EXAMPLE.read_bytes())},
                     data={"sex": "M", "chronological_age_months": "114"})
     assert r.status_code == 200, r.text

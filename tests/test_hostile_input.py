@@ -44,10 +44,10 @@ def client(tiny_model):
     from fastapi.testclient import TestClient
 
     from boneage.inference.loading import load_predictor
+    from boneage.serving.answer import Answerer
     from boneage.serving.app import create_app
-    from boneage.serving.report import Reporter
 
-    return TestClient(create_app(Reporter(load_predictor([str(tiny_model)], "torch")), max_upload_mb=2))
+    return TestClient(create_app(Answerer(load_predictor([str(tiny_model)], "torch")), max_upload_mb=2))
 
 
 def _post(client, data: bytes, name="x.jpg", **form):

@@ -23,11 +23,11 @@ EXAMPLE = REPO / "examples" / "14471.jpg"
 @pytest.fixture(scope="module")
 def app(trained):
     from boneage.inference.predictor import TorchPredictor
+    from boneage.serving.answer import Answerer
     from boneage.serving.app import create_app
-    from boneage.serving.report import Reporter
 
     model = trained / "best.ckpt"
-    return create_app(Reporter(TorchPredictor.load(model)), max_upload_mb=2)
+    return create_app(Answerer(TorchPredictor.load(model)), max_upload_mb=2)
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,7 @@ def test_web_page_in_a_real_browser(app, tmp_path):
 def test_the_preview_of_a_large_film_makes_no_full_size_copy():
     import tracemalloc
 
-    from boneage.serving.report import _preview
+    from boneage.serving.answer import _preview
 
     film = np.random.default_rng(0).random((4000, 3000), dtype=np.float32)  # 48 MB
     tracemalloc.start()
@@ -328,7 +328,7 @@ def test_the_service_bounds_the_pixels_it_decodes_at_once():
     lock, now, most = threading.Lock(), [0], [0]
 
     class Recorder:  # stands in for the model: notes the decoded pixels in work at once
-        def report(self, data, name, inputs):
+        def answer(self, data, name, inputs):
             pixels = decoded_pixels(data)
             with lock:
                 now[0] += pixels

@@ -1,6 +1,6 @@
 """The service's HTTP surface against hostile clients: another Host, a cross-origin POST, too many requests from one
 client, a trickling body or header, a docs page loading third-party scripts, and `serve` options it cannot run with.
-A stand-in reporter keeps these free of the model."""
+A stand-in answerer keeps these free of the model."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from tests.conftest import cli
 
 
 class Stub:
-    """Stands in for the model's reporter; holds each request until `release` is set."""
+    """Stands in for the model's answerer; holds each request until `release` is set."""
 
     def __init__(self):
         self.entered, self.release = threading.Event(), threading.Event()
         self.release.set()
 
-    def report(self, data, name, inputs):
+    def answer(self, data, name, inputs):
         self.entered.set()
         self.release.wait(10)
         return {"image": name}
@@ -210,7 +210,7 @@ def test_films_are_prepared_on_a_few_threads_whatever_the_number_of_clients():
     threads = set()
 
     class Recorder(Stub):
-        def report(self, data, name, inputs):
+        def answer(self, data, name, inputs):
             threads.add(threading.current_thread().name)
             time.sleep(0.02)
             return {"image": name}

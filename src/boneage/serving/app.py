@@ -33,8 +33,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from boneage import __version__
 from boneage.dicom import is_dicom
 from boneage.errors import UserError, shown
+from boneage.serving.answer import Answerer, Inputs
 from boneage.serving.guards import PerClient, SameOriginPosts, SlowBody
-from boneage.serving.report import Inputs, Reporter
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("boneage.serve")
@@ -202,7 +202,7 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx: float = 100.0,
+def create_app(answerer: Answerer, max_upload_mb: float = 64.0, max_decoding_mpx: float = 100.0,
                allowed_hosts: list[str] | None = None, per_client: int = 4) -> FastAPI:
     """max_decoding_mpx: decoded megapixels in work at once (see `Admission`); ~8 bytes each at the peak.
     allowed_hosts: the Host header names answered (`guards.allowed_hosts`; `boneage serve` always gives them), None
@@ -210,9 +210,9 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
     limit = int(max_upload_mb * 1024 * 1024)
     admission = Admission(max_decoding_mpx)
 
-    def admitted_report(data: bytes, name: str, inputs: Inputs, pixels: int) -> dict:
+    def admitted_answer(data: bytes, name: str, inputs: Inputs, pixels: int) -> dict:
         with admission.hold(pixels, inputs.heatmap):
-            return reporter.report(data, name, inputs)
+            return answerer.answer(data, name, inputs)
 
     # Each lane's work runs on its own few threads, never on the framework's pool of 40: memory that a thread keeps
     # once it has prepared a large film (per-thread buffers that malloc_trim cannot return) then stays bounded by
@@ -247,7 +247,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
 
     @app.get("/health")
     def health() -> dict:
-        p = reporter.predictor
+        p = answerer.predictor
         return {"status": "ok", "version": __version__, "arch": p.spec.model.arch,
                 "image_size": p.preprocess.image_size, "runtime": p.runtime}
 
@@ -278,7 +278,7 @@ def create_app(reporter: Reporter, max_upload_mb: float = 64.0, max_decoding_mpx
                         preview, chart)
         pixels = await run_in_threadpool(decoded_pixels, data)
         lane = lanes[admission.heavy(pixels, heatmap)]
-        return await asyncio.wrap_future(lane.submit(admitted_report, data, file.filename or "upload", inputs, pixels))
+        return await asyncio.wrap_future(lane.submit(admitted_answer, data, file.filename or "upload", inputs, pixels))
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -293,4 +293,4 @@ def build(model=None, runtime: str = "auto", max_upload_mb: float = 64.0, tta: s
     from boneage.inference.loading import load_predictor
 
     predictor = load_predictor(model, runtime, tta=tta)
-    return create_app(Reporter(predictor), max_upload_mb, allowed_hosts=allowed_hosts, per_client=per_client)
+    return create_app(Answerer(predictor), max_upload_mb, allowed_hosts=allowed_hosts, per_client=per_client)

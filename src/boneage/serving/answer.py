@@ -49,15 +49,15 @@ def _preview(gray: np.ndarray, longest: int = 768) -> np.ndarray:
     return np.asarray(img)
 
 
-class Reporter:
-    """Holds the predictor (and, for heatmaps, a PyTorch model); makes reports. Thread-safe."""
+class Answerer:
+    """Answers uploads with the predictor (and, for heatmaps, its PyTorch network). Thread-safe."""
 
     def __init__(self, predictor):
         self.predictor = predictor
         # One inference at a time: on a few cores, parallel forward passes only fight over the same threads.
         self._lock = threading.Lock()
 
-    def report(self, data: bytes, name: str, inputs: Inputs) -> dict:
+    def answer(self, data: bytes, name: str, inputs: Inputs) -> dict:
         """The one assessment's record (`boneage.assessment`), plus what a page shows: heatmap, preview, timing."""
         t0 = time.perf_counter()
         case = Case(data=data, name=name, sex=inputs.sex, age_months=inputs.chronological_age_months,
