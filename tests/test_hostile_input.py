@@ -113,6 +113,25 @@ def test_a_deflated_film_past_the_ceiling_is_refused(monkeypatch):
         read_dicom(data, "big.dcm")
 
 
+def test_a_deflated_film_announcing_too_many_pixels_is_refused_before_its_pixels_are_inflated():
+    import tracemalloc
+
+    from boneage.dicom import read_dicom
+
+    ds = make_dicom(STORED12, bits=12, PatientSex="F")
+    ds.Rows = ds.Columns = 20000  # 400 megapixels announced; the data inflate to 64 MB before they run out
+    ds.PixelData = bytes(64 << 20)
+    data = deflated(ds)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"^big.dcm: image too large \(20000 x 20000 pixels\)"):
+            read_dicom(data, "big.dcm")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20  # the header alone was inflated
+
+
 def test_the_service_refuses_a_deflated_bomb_with_a_400(client):
     from boneage.serving.app import decoded_pixels
 

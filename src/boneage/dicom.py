@@ -175,6 +175,9 @@ def read_deflated(fp, name: str, stop_before_pixels: bool = False, preamble: byt
     if stop_before_pixels:
         ds = header
     else:
+        rows, cols = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
+        if rows * cols > MAX_PIXELS:  # the film would be refused after decoding: refuse it before inflating it
+            raise UserError(f"{name}: image too large ({cols} x {rows} pixels)")
         limit = min(MAX_INFLATED_BYTES, 2 * _announced_bytes(header) + HEADER_BYTES)
         if not inflater.fill(limit):
             raise UserError(f"{name}: a deflated DICOM that inflates to more than {limit >> 20} MB, far more than "
