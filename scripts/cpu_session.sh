@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A CPU training session that accumulates, the twin of scripts/gpu_session.sh: on a CPU with bf16 matrix units (AMX),
+# A CPU training session that accumulates, the twin of scripts/gpu_session.sh: on a CPU with bf16 units (AMX or AVX-512 BF16),
 # warm-restart the shipped model for a budget of minutes and replace it only if the result is better.
 #   1. the epochs that fit MINUTES, from the training loop's rate measured here (`boneage bench`);
 #   2. a warm restart of the shipped weights with recipes/warm-restart-cpu.json (noise, blur, low resolution, rotation,
@@ -28,6 +28,7 @@ VAL=${VAL:-docs/reference-model/val.csv}
 VAL_LIMIT=${VAL_LIMIT:-0}          # 0: the whole validation split (the figures that ship); N: a quick try
 PREC_FILMS=${PREC_FILMS:-200}
 LIMIT=${LIMIT:-0}                  # films drawn for training (0: all)
+TRAIN_ARGS=${TRAIN_ARGS:-}         # more `boneage train` flags over the recipe, e.g. "--lr 1e-4" for a short session
 WORK=${WORK:-runs/cpu-session}
 RUN=$WORK/run
 mkdir -p "$WORK"
@@ -36,7 +37,7 @@ ba() { python3 -m boneage "$@"; }
 command -v python3 >/dev/null && python3 -c "import boneage, lightning" 2>/dev/null \
   || { echo "cpu_session: activate the project's venv first (. .venv/bin/activate)"; exit 2; }
 [ -d "$IMAGES" ] && [ -f "$LABELS" ] || { echo "cpu_session: no data at $IMAGES / $LABELS (set DATA)"; exit 2; }
-grep -q amx_bf16 /proc/cpuinfo || log "warning: no bf16 matrix units on this CPU: training runs in float32, ~3x slower"
+grep -q -E "amx_bf16|avx512_bf16" /proc/cpuinfo || log "warning: no bf16 units on this CPU: training runs in float32, 2-3x slower"
 if [ "$VAL_LIMIT" != 0 ]; then head -n $(( VAL_LIMIT + 1 )) "$VAL" > "$WORK/val.csv"; VAL=$WORK/val.csv; fi
 
 # 1-2. the warm restart, sized to the minutes (or resumed where a stopped session left it)
@@ -58,7 +59,7 @@ PY
 )
   log "training loop at $RATE images/s here: $EPOCHS epochs in $MINUTES minutes"
   ba train --config "$RECIPE" --images "$IMAGES" --labels "$LABELS" --out "$RUN" --epochs "$EPOCHS" \
-    --limit "$LIMIT" --max-minutes "$(python3 -c "print($MINUTES * 1.1)")" >>"$WORK/log.txt" 2>&1 \
+    --limit "$LIMIT" --max-minutes "$(python3 -c "print($MINUTES * 1.1)")" $TRAIN_ARGS >>"$WORK/log.txt" 2>&1 \
     || log "training exited with $? (scoring what was saved)"
 fi
 [ -f "$RUN/best.ckpt" ] || { log "no best.ckpt in $RUN: nothing to score"; exit 1; }
@@ -72,7 +73,7 @@ import torch
 card = dict(torch.load("src/boneage/weights/boneage-reference.pt", weights_only=True).get("card") or {})
 config = json.load(open(f"{sys.argv[1]}/config.json"))
 card["summary"] = (f"{card.get('summary', '')} + a CPU warm restart ({config['epochs']} epochs at batch "
-                   f"{config['batch_size']}, bf16 on AMX, scripts/cpu_session.sh)").strip(" +")
+                   f"{config['batch_size']}, bf16 on the CPU, scripts/cpu_session.sh)").strip(" +")
 print(json.dumps(card, indent=1))
 PY
 ba export --model "$RUN/best.ckpt" --out "$WORK/candidate-int8.pt" --storage int8 --card "$WORK/card.json" \

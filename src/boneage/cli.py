@@ -55,7 +55,7 @@ def add_train(sub) -> None:
     g.add_argument("--devices", help="number of devices, or auto")
     g.add_argument("--num-nodes", type=int)
     g.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed (default: bf16-mixed on GPUs and on CPUs with "
-                                              "bf16 matrix units, 32-true elsewhere)")
+                                              "bf16 units (AMX, AVX-512 BF16), 32-true elsewhere)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     g.add_argument("--pool-impl", choices=POOL_IMPLS,
                    help="how inception_v3 computes its 3x3 average pools: the same function, a speed setting")

@@ -27,7 +27,7 @@ def bench(cfg: TrainConfig, device: str | None = None, steps: int = 5, warmup: i
           log=print, fp32: bool | None = None) -> dict:
     """Rates in images/s of the training loop (`train`: batches from the loader, augmented, one optimiser step) and of
     the step alone on one batch (`compute`), in the precision `boneage train` picks here (bf16 on GPUs and on CPUs
-    with bf16 matrix units). `fp32` (default: on CPUs) measures both in float32 too, alternately in the same run, so
+    with bf16 units). `fp32` (default: on CPUs) measures both in float32 too, alternately in the same run, so
     `speedup_over_fp32` compares the two on the same machine at the same moment."""
     from boneage.training.train import resolve_precision
 

@@ -33,24 +33,25 @@ from boneage.training.resume import epochs_done, load_training_checkpoint
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """True on CPUs with AMX bf16 tiles (Intel Sapphire Rapids and later): oneDNN runs bf16 convolutions on them, and
-    the training step is 2.5-3x faster than in float32. Without them bf16 is emulated and slower, so not the default."""
+def cpu_has_bf16_units() -> bool:
+    """True on CPUs with bf16 instructions that oneDNN uses for convolutions: AMX tiles (Intel Sapphire Rapids and
+    later: the Inception v3 training step 2.5-3x faster than in float32) or AVX-512 BF16 (AMD Zen 4 and later, Intel
+    Cooper Lake: 1.9x, docs/benchmarks.md). Without either, bf16 is emulated and slower, so not the default."""
     try:
         flags = CPUINFO.read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    """The explicit setting; else bf16-mixed on GPUs that have bf16 and on CPUs with bf16 matrix units; else 32-true."""
+    """The explicit setting; else bf16-mixed on GPUs that have bf16 and on CPUs with bf16 units; else 32-true."""
     if cfg.precision:
         return cfg.precision
     gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     if gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_has_bf16_matrix_units() else "32-true"
+    return "bf16-mixed" if cpu_has_bf16_units() else "32-true"
 
 
 def _is_extra_process() -> bool:
