@@ -58,8 +58,9 @@ print(max(1, int(0.9 * minutes * 60 / per_epoch)))
 PY
 )
   log "training loop at $RATE images/s here: $EPOCHS epochs in $MINUTES minutes"
+  LIMIT_ARGS=(); [ "$LIMIT" != 0 ] && LIMIT_ARGS=(--limit "$LIMIT")
   ba train --config "$RECIPE" --images "$IMAGES" --labels "$LABELS" --out "$RUN" --epochs "$EPOCHS" \
-    --limit "$LIMIT" --max-minutes "$(python3 -c "print($MINUTES * 1.1)")" $TRAIN_ARGS >>"$WORK/log.txt" 2>&1 \
+    "${LIMIT_ARGS[@]}" --max-minutes "$(python3 -c "print($MINUTES * 1.1)")" $TRAIN_ARGS >>"$WORK/log.txt" 2>&1 \
     || log "training exited with $? (scoring what was saved)"
 fi
 [ -f "$RUN/best.ckpt" ] || { log "no best.ckpt in $RUN: nothing to score"; exit 1; }
