@@ -26,45 +26,12 @@ range of 2,000 real radiographs widened by 20% (`ENVELOPE`). The inversion score
 brightness of that image in a 4 x 4 grid made left-right symmetric (a left or a right hand): 8 weights
 (`INVERTED_WEIGHTS`) fitted on the same 2,000 radiographs against themselves inverted (255 - image).
 
-Validation on the RSNA training set (299 px 8-bit JPEGs). `ENVELOPE` and the weights were fitted on 2,000 of them (a
-seeded shuffle) with a trim that dropped only uniform rows and columns; on the other 10,611 it refused 7 (0.07%) and
-warned 37, and refused 99.6% of 1,000 inverted. The trim now also drops shaded and lettered frames (issue: a hand on a
-dark plate in a gray padded border was refused as inverted); the envelope and weights were kept. Measured since, with
-`benchmarks/quality_frames.py` (counts: the 2,000 included), share refused:
-- real radiographs, all 12,611: 9 refused (0.07%, all "inverted": films photographed on a light box, two hands side
-  by side; the same 9 as with the old trim), 58 more warned "may be inverted" (0.46%; 46 before); 99.93% answered;
-- the same inverted (255 - image): 12,534 refused (99.39%; 12,550 before), 65 warned, 12 answered (0.10%);
-- 500 of them (seed 0) on a canvas 20-40% larger (60-100% for "wide"), off centre, its border a gray of 128-180:
-  uniform, wide, noisy, shaded by a gradient, a vignette, a wide vignette, or with burned-in text: 98.4-99.6% per
-  kind answered without a warning, 0-0.2% refused as inverted (before: the same with uniform and noisy borders, but
-  12.8%, 26.2%, 47.6% and 7.2% refused, and 32-64% more warned, with a gradient, a vignette, a wide one and text);
-  1.2% of those in a wide border are refused as not a hand radiograph (the film is then ~70 px of the 128 the
-  statistics see; 1.2% before with a uniform one);
-- those framed films inverted, and the inverted films framed: 97.6-99.6% refused per kind (before, with a shaded or
-  lettered border: 6-78%, and 0-43% answered without a warning);
-- 300 enlarged to 2,000 x 1,600, 16-bit, gamma 0.7, with noise, and their inversions: each the same outcome as its
-  original (re-measured with the new trim);
-- generated, 400 of each kind at 200-900 px (measured with the old trim): uniform and Gaussian noise, linear and
-  radial gradients, checkerboards, stripes, text (dark on light, light on dark) 100%; pink (1/f) noise 87%; random
-  flat shapes 70%; 800 random crops of three colour photographs 99.1% (the colour test), the same crops in gray
-  14.5%. Regenerated with another generator (100 of each of 10 kinds), the new trim changed one outcome in 1,000 (a
-  flat-shapes image, 50% -> 49% refused);
-- 42 other images found on this machine (diagrams, screenshots, logos, two photographs; old trim, not re-measured):
-  69% refused, 24% warned.
-The not-a-hand score (a logistic regression on the texture statistics, the grid, and the trimmed image's dark share,
-bright-part crossings per row or column, edge-minus-centre level, mean and spread; `NOT_HAND_WEIGHTS`) was fitted by
-`benchmarks/not_hand_fit.py` on 3,000 RSNA films against 800 generated impostors (`boneage.data.impostors`) and
-measured on 3,000 other films and 800 other impostors: 0.10% of the films refused by it (0.13% by all the checks),
-99.25% of the impostors (whole-body 100%, ultrasound and CT 99.5%, face 98%). Generated impostors are cleaner than real
-ones, and RSNA films are stretched to a square: these rates are a guide, not a guarantee.
-Before it, gray photographs mostly passed; radiographs of other body parts (a foot, a chest) may still pass (none here
-to try): this is a cheap screen, not a body-part classifier. Inputs from other sites (full-size DICOM, other processing)
-could not be measured; the frames above are drawn, not real viewer exports. The checks take about 3.5 ms on a 299 px
-image (decoding included; 2.1 ms with the old trim; the resize dominates on large ones; measured before the not-a-hand
-features, which add a few array passes on 128 x 128).
+What these checks catch and miss, measured on the RSNA films, framed, inverted and generated images
+(`benchmarks/quality_frames.py`, `benchmarks/not_hand_fit.py`): docs/benchmarks.md, "Input checks". A cheap screen,
+not a body-part classifier: radiographs of other body parts may pass.
 
 The service's recipe: `checked = read_checked(upload_bytes, filename)` (raises `UserError`), then
-`predictor.model_input(checked.gray)`; `checked.warnings` and `checked.dicom` (sex, age, dates) go into the report.
+`predictor.model_input(checked.gray)`; `checked.warnings` and `checked.dicom` (sex, age, dates) go into the assessment.
 """
 
 from __future__ import annotations
