@@ -34,7 +34,7 @@ from boneage import __version__
 from boneage.dicom import is_dicom
 from boneage.errors import UserError, shown
 from boneage.serving.answer import Answerer, Inputs
-from boneage.serving.guards import PerClient, SameOriginPosts, SlowBody
+from boneage.serving.guards import CLOSE, PerClient, SameOriginPosts, SlowBody, refuse_mid_body
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("boneage.serve")
@@ -44,7 +44,6 @@ class TooLarge(Exception):
     pass
 
 
-CLOSE = {"Connection": "close"}  # the server drops the connection: the rest of a refused body is never received
 
 
 class _BodyTooLarge(HTTPException):
@@ -67,7 +66,7 @@ class LimitBody:
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             return await JSONResponse({"detail": self.detail}, 413, CLOSE)(scope, receive, send)
-        received, started = 0, False
+        received = 0
 
         async def counted():
             nonlocal received
@@ -77,17 +76,7 @@ class LimitBody:
                 raise _BodyTooLarge(413, self.detail, CLOSE)  # FastAPI passes an HTTPException from parsing through
             return message
 
-        async def tracked(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _BodyTooLarge:
-            if started:
-                raise
-            await JSONResponse({"detail": self.detail}, 413, CLOSE)(scope, receive, send)
+        await refuse_mid_body(self.app, scope, receive, send, counted, _BodyTooLarge, 413, self.detail)
 
 
 class PixelBudget:

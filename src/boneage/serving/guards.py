@@ -20,7 +20,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from boneage.errors import UserError
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-CLOSE = {"Connection": "close"}
+CLOSE = {"Connection": "close"}  # the server drops the connection: the rest of a refused body is never received
 
 
 def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
@@ -83,6 +83,25 @@ class PerClient:
                 del self.busy[who]
 
 
+async def refuse_mid_body(app, scope, receive, send, body_receive, error: type[Exception], status: int,
+                          detail: str) -> None:
+    """Run `app` with its body read through `body_receive`; when that raises `error` before the response has started,
+    answer `status` with `detail` and close the connection (after the start, the error propagates)."""
+    started = False
+
+    async def tracked(message):
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, body_receive, tracked)
+    except error:
+        if started:
+            raise
+        await JSONResponse({"detail": detail}, status, CLOSE)(scope, receive, send)
+
+
 class _BodyTooSlow(Exception):
     pass
 
@@ -99,7 +118,7 @@ class SlowBody:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
             return await self.app(scope, receive, send)
         loop = asyncio.get_running_loop()
-        deadline, done, started = loop.time() + self.total, False, False
+        deadline, done = loop.time() + self.total, False
 
         async def timed():
             nonlocal done
@@ -113,18 +132,8 @@ class SlowBody:
             done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        async def tracked(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, timed, tracked)
-        except _BodyTooSlow:
-            if started:
-                raise
-            detail = f"upload too slow (no data for {self.idle:g} s, or not all of it within {self.total:g} s)"
-            await JSONResponse({"detail": detail}, 408, CLOSE)(scope, receive, send)
+        detail = f"upload too slow (no data for {self.idle:g} s, or not all of it within {self.total:g} s)"
+        await refuse_mid_body(self.app, scope, receive, send, timed, _BodyTooSlow, 408, detail)
 
 
 class HeaderTimeoutH11(H11Protocol):
