@@ -8,7 +8,6 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-_printable = printable
 MAX_MESSAGE = 1000  # characters: a message stays one readable line whatever it quotes
 
 
