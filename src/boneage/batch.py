@@ -18,6 +18,7 @@ from pathlib import Path
 from boneage.assessment import Case, Prepared, model_identity, predict_prepared, prepare, report
 from boneage.data.labels import IMAGE_EXTENSIONS, parse_sex, read_labels
 from boneage.errors import UserError, shown
+from boneage.lock import held
 from boneage.record import COLUMNS, ModelIdentity, Refusal
 
 
@@ -72,23 +73,11 @@ def writing(out: Path):
     """The one run writing `out`: a second one on the same CSV would read it half-written and score its films again.
     An advisory lock on a file beside the CSV, released by the system when the run ends however it ends."""
     try:
-        import fcntl
-    except ImportError:  # not POSIX: runs are not kept apart
-        fcntl = None
-    try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(out.with_name(out.name + ".lock"), "a")
     except OSError as exc:
         raise UserError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
-    with lock:
-        try:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"--out {out}: another boneage run is writing it; wait for it to end or choose another "
-                            "--out") from None
-        except OSError:  # a file system without locks (some network mounts): unguarded, as before
-            pass
+    with held(out.with_name(out.name + ".lock"), f"--out {out}: another boneage run is writing it; wait for it to "
+              "end or choose another --out"):
         yield
 
 

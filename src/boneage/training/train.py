@@ -7,7 +7,6 @@ metrics.csv (one row per epoch), best.ckpt (lowest validation MAD), last.ckpt (f
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from boneage.config import MAX_IMAGE_SIZE, TrainConfig, read_json, to_dict, train_config_from_dict
 from boneage.data.split import save_split
 from boneage.errors import UserError
+from boneage.lock import held
 from boneage.models import trunk_spec
 from boneage.training.callbacks import AtomicCheckpointIO, EpochCSV, Heartbeat, SaveLastAtEnd
 from boneage.training.datamodule import BoneAgeData
@@ -72,14 +72,8 @@ def _run_dir_lock(out: Path, create: bool):
     except OSError as exc:
         raise UserError(f"{out}: cannot make the run folder ({exc.strerror or exc})") from None
     try:
-        with open(out / ".lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"{out}: another training is running in this folder (it holds {out / '.lock'}); "
-                                "wait for it to end or choose another --out") from None
-            except OSError:  # a file system without locks (some network mounts): train unguarded, as before
-                pass
+        with held(out / ".lock", f"{out}: another training is running in this folder (it holds {out / '.lock'}); "
+                  "wait for it to end or choose another --out"):
             yield
     except UserError:
         if made and {p.name for p in out.iterdir()} <= {".lock"}:  # a refused run leaves no folder behind
