@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from boneage.config import TrainConfig
+from boneage.data.intensity import equalize_clipped
 from boneage.errors import UserError
-from boneage.training.augment import augment, gaussian_blur, low_resolution, sensor_noise
+from boneage.training.augment import (
+    augment,
+    equalize_clipped_batch,
+    film_noise,
+    gaussian_blur,
+    low_resolution,
+    sensor_noise,
+)
 
 
 @pytest.fixture
@@ -63,3 +72,37 @@ def test_augment_applies_the_configured_degradations(batch):
 def test_out_of_range_degradations_are_refused(setting):
     with pytest.raises(UserError):
         TrainConfig(**setting).validate()
+
+
+def _films(seed: int = 0) -> torch.Tensor:
+    """Four films in their own gray levels: a flat background with a brighter blob, of very different ranges."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(40.0), indexing="ij")
+    blob = torch.exp(-((yy - 24) ** 2 + (xx - 20) ** 2) / 120)
+    films = [base + span * blob + torch.rand(48, 40, generator=g) * span / 8
+             for base, span in ((5.0, 12.0), (20.0, 200.0), (0.0, 255.0), (100.0, 30.0))]
+    return torch.stack(films)[:, None].round()
+
+
+def test_the_batch_normalisation_on_the_device_is_the_one_inference_uses():
+    films = _films()
+    ours = equalize_clipped_batch(films, 3.0) * 255
+    for film, out in zip(films, ours):
+        expected = np.round(equalize_clipped(film[0].numpy(), 3.0) * 255)
+        assert np.abs(out[0].numpy() - expected).max() <= 1  # a rounding at a half, at most
+        assert np.abs(out[0].numpy() - expected).mean() < 0.01
+    flat = torch.full((1, 1, 16, 16), 7.0)
+    assert (equalize_clipped_batch(flat, 3.0) == 0).all()  # as the numpy original: a constant film is black
+
+
+def test_noise_before_the_normalisation_is_amplified_on_a_dark_film_as_at_inference():
+    torch.manual_seed(0)
+    films = _films()
+    clean = equalize_clipped_batch(films, 3.0)
+    noisy = film_noise(films.repeat(64, 1, 1, 1), 3.0)
+    assert noisy.min() >= 0 and noisy.max() <= films.max()  # clipped to each film's range, as at inference
+    moved = (equalize_clipped_batch(noisy, 3.0) - clean.repeat(64, 1, 1, 1)).reshape(64, 4, -1).std(dim=2).mean(0)
+    # the dark, narrow film (range ~14 levels) moves several times more than the full-range one, and more than
+    # `sensor_noise` at the same nominal size after the normalisation could ever move it
+    assert moved[0] > 3 * moved[2]
+    assert moved[0] > 3.0 / 255

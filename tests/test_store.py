@@ -55,3 +55,13 @@ def test_an_undecodable_image_is_recorded_not_fatal(tmp_path):
     records[2].image.write_bytes(b"not a png")
     store = open_store(records, Preprocess(image_size=32), tmp_path / "cache", workers=1, log=lambda m: None)
     assert list(store.failed) == ["2"] and "not an image" in store.failed["2"]
+
+
+def test_a_raw_store_holds_the_films_before_their_normalisation_in_8_bit_levels(tmp_path):
+    records, pp = _dataset(tmp_path), Preprocess(image_size=32)
+    Image.fromarray(np.full((40, 30), 4000, dtype=np.uint16)).save(records[1].image)  # a 16-bit film
+    cooked = open_store(records, pp, tmp_path / "cache", workers=1, log=lambda m: None)
+    raw = open_store(records, pp, tmp_path / "cache", workers=1, log=lambda m: None, raw=True)
+    assert raw.path != cooked.path and raw.pixels.dtype == np.float16 and raw.pixels.shape == (6, 32, 32)
+    assert np.asarray(raw.pixels[0]).std() > 10 and np.asarray(raw.pixels[0]).max() <= 255  # gray levels, not [0, 1]
+    assert np.allclose(np.asarray(raw.pixels[1], dtype=float), 255.0)  # 16-bit: scaled to 8-bit levels

@@ -30,6 +30,23 @@ def test_a_small_model_learns_the_generated_age_signal(trained, synthetic):
     assert mad < 0.5 * baseline, f"MAD {mad:.1f} vs constant {baseline:.1f}"
 
 
+def test_noise_before_the_normalisation_trains_from_a_raw_store(synthetic, tmp_path):
+    from boneage.config import ModelConfig, Preprocess, TrainConfig
+
+    images, labels = synthetic
+    cfg = TrainConfig(images=str(images), labels=str(labels), out=str(tmp_path / "r"), limit=64, film_noise=3.0,
+                      model=ModelConfig(arch="tiny_cnn"), preprocess=Preprocess(image_size=32, clip_limit=3.0),
+                      epochs=1, batch_size=16, cache_dir=str(tmp_path / "cache"), precision="32-true")
+    run(cfg, log=lambda m: None)
+    assert len(list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))) == 1
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["film_noise"] == 3.0
+    stores = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]
+    assert [s["raw"] for s in stores] == [True]
+    with pytest.raises(UserError, match="film_noise needs intensity 'equalize'"):
+        train_config_from_dict({**json.loads((tmp_path / "r" / "config.json").read_text()),
+                                "preprocess": {"intensity": "equalize", "clip_limit": 0}}).validate()
+
+
 def test_a_run_folder_holds_config_split_metrics_checkpoints_and_curves(trained):
     for name in ("config.json", "train.csv", "val.csv", "metrics.csv", "best.ckpt", "last.ckpt", "curves.png"):
         assert (trained / name).is_file(), name

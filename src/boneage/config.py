@@ -170,6 +170,10 @@ class TrainConfig:
     low_res: float = 0.0
     blur: float = 0.0
     noise: float = 0.0
+    # Noise of SD up to `film_noise` gray levels (of 255) added to the film before its intensity normalisation, as a
+    # detector's noise reaches inference: the normalisation amplifies it on dark films (augment.film_noise). Needs
+    # intensity "equalize" with a clip_limit; the store then holds films before normalisation (float16, 2x memory).
+    film_noise: float = 0.0
     # hardware
     accelerator: str = "auto"
     devices: str | int = "auto"
@@ -216,6 +220,10 @@ class TrainConfig:
                 raise UserError(f"{where}: {name} must be at least 1")
         if self.low_res >= 1:
             raise UserError(f"{where}: low_res must be below 1, not {self.low_res:g}")
+        if self.film_noise and not (self.preprocess.intensity == "equalize" and self.preprocess.clip_limit):
+            raise UserError(f"{where}: film_noise needs intensity 'equalize' with a clip_limit above 0 (the "
+                            f"normalisation training repeats on the device), not intensity "
+                            f"{self.preprocess.intensity!r} with clip_limit {self.preprocess.clip_limit:g}")
         if not 0 <= self.balance <= 1:
             raise UserError(f"{where}: balance must be between 0 and 1, not {self.balance}")
 
@@ -234,7 +242,7 @@ _NUMBER_RANGES = (
     ("weight_decay", 0, True), ("plateau_factor", 0, False), ("plateau_patience", 0, True),
     ("plateau_cooldown", 0, True), ("min_lr", 0, True), ("warmup_epochs", 0, True), ("contrast", 0, True),
     ("brightness", 0, True), ("gamma", 0, True), ("rotate_deg", 0, True), ("scale", 0, True), ("translate", 0, True),
-    ("low_res", 0, True), ("blur", 0, True), ("noise", 0, True),
+    ("low_res", 0, True), ("blur", 0, True), ("noise", 0, True), ("film_noise", 0, True),
     ("num_nodes", 1, True), ("num_workers", 0, True), ("max_minutes", 0, False), ("checkpoint_every", 1, True),
     ("val_fraction", 0, False),
 )

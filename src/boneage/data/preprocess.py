@@ -3,6 +3,8 @@
 file -> float gray (any size, any bit depth) -> [cut to the hand] -> resize to `image_size` -> per-image intensity
 normalisation -> uint8.
 The uint8 square is what the decode-once store holds; `to_model_input` turns a batch of them into the network's input.
+Training with noise in the film's own gray levels (`film_noise`) stores the square before the intensity normalisation
+and normalises each batch on the device (`boneage.training.augment.equalize_clipped_batch`, the same mapping).
 """
 
 from __future__ import annotations
@@ -61,10 +63,16 @@ def region_fractions(gray: np.ndarray, pp: Preprocess) -> tuple[float, float, fl
     return top / h, bottom / h, left / w, right / w
 
 
+def crop_and_resize(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
+    """Float gray of any size -> float (S, S) in the film's own gray levels: everything but the intensity normalisation.
+    """
+    top, bottom, left, right = model_region(gray, pp)
+    return resize(gray[top:bottom, left:right], pp)
+
+
 def preprocess_gray(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
     """Float gray of any size -> uint8 (S, S): what the store holds and the model sees (after `to_model_input`)."""
-    top, bottom, left, right = model_region(gray, pp)
-    unit = normalise_intensity(resize(gray[top:bottom, left:right], pp), pp)
+    unit = normalise_intensity(crop_and_resize(gray, pp), pp)
     return np.round(unit * 255.0).astype(np.uint8)
 
 

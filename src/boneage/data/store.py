@@ -1,5 +1,8 @@
 """Decode once: every image decoded, resized and normalised a single time into a memory-mapped uint8 array.
 
+A raw store (`raw=True`, for noise added before the intensity normalisation) holds the cut, resized film before the
+normalisation instead, as float16 in 8-bit gray levels (a 16-bit film scaled down): twice the bytes.
+
 A store is keyed by the preprocessing settings and by the source files (name, size, modification time), so changing
 either builds a new one. Its metadata (written last, atomically) holds a CRC of the pixels: a store whose files are
 missing, truncated, stale or corrupt is detected on opening and rebuilt, never silently used.
@@ -20,7 +23,7 @@ import numpy as np
 from boneage.config import Preprocess, to_dict
 from boneage.data.images import decode_image
 from boneage.data.labels import LabelRow
-from boneage.data.preprocess import preprocess_gray
+from boneage.data.preprocess import crop_and_resize, preprocess_gray
 from boneage.errors import UserError
 
 FORMAT = 1
@@ -30,8 +33,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BONEAGE_CACHE", Path.home() / ".cache" / "boneage")) / "stores"
 
 
-def store_key(records: list[LabelRow], pp: Preprocess) -> str:
-    h = hashlib.sha256(json.dumps({"format": FORMAT, "preprocess": to_dict(pp)}, sort_keys=True).encode())
+def store_key(records: list[LabelRow], pp: Preprocess, raw: bool = False) -> str:
+    what = {"format": FORMAT, "preprocess": to_dict(pp)} | ({"raw": True} if raw else {})
+    h = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
     for r in records:
         st = r.image.stat()
         h.update(f"{r.id}\0{r.image.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -45,17 +49,25 @@ def _crc(array: np.ndarray) -> int:
     return crc
 
 
-def _decode_one(args: tuple[str, dict]) -> tuple[np.ndarray | None, str | None]:
-    path, pp = args
+def raw_gray(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
+    """What a raw store holds for a film: `crop_and_resize` in 8-bit gray levels, float16."""
+    square = crop_and_resize(gray, pp)
+    top = float(gray.max())
+    return (square * (255.0 / top) if top > 255 else square).astype(np.float16)
+
+
+def _decode_one(args: tuple[str, dict, bool]) -> tuple[np.ndarray | None, str | None]:
+    path, pp, raw = args
     try:
-        return preprocess_gray(decode_image(path), Preprocess(**pp)), None
+        gray = decode_image(path)
+        return (raw_gray if raw else preprocess_gray)(gray, Preprocess(**pp)), None
     except UserError as exc:
         return None, str(exc)
 
 
 @dataclass
 class ImageStore:
-    pixels: np.ndarray  # uint8 (N, S, S), memory-mapped
+    pixels: np.ndarray  # uint8 (N, S, S), memory-mapped; float16 for a raw store
     ids: list[str]
     failed: dict[str, str]  # id -> why it could not be decoded; its row in `pixels` is zeros
     path: Path
@@ -79,12 +91,12 @@ def _open(npy: Path, meta_path: Path, ids: list[str]) -> ImageStore | None:
 
 def open_store(
     records: list[LabelRow], pp: Preprocess, cache_dir: str | Path | None = None, workers: int | None = None,
-    log=print,
+    log=print, raw: bool = False,
 ) -> ImageStore:
     """Open the store for these records and settings, building (or rebuilding) it if needed."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    key = store_key(records, pp)
+    key = store_key(records, pp, raw)
     npy, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
     ids = [r.id for r in records]
     if npy.exists() or meta_path.exists():
@@ -96,9 +108,10 @@ def open_store(
 
     size = pp.image_size
     tmp = npy.with_suffix(".npy.tmp")
-    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16 if raw else np.uint8,
+                                       shape=(len(records), size, size))
     failed: dict[str, str] = {}
-    jobs = [(str(r.image), to_dict(pp)) for r in records]
+    jobs = [(str(r.image), to_dict(pp), raw) for r in records]
     workers = workers or min(16, os.cpu_count() or 1)
     log(f"decoding {len(records)} images once into {npy} ({workers} processes)")
     with ProcessPoolExecutor(workers) as pool:
@@ -112,7 +125,7 @@ def open_store(
     del pixels
     os.replace(tmp, npy)
     meta = {"format": FORMAT, "key": key, "ids": ids, "shape": [len(records), size, size], "crc32": crc,
-            "failed": failed, "preprocess": to_dict(pp)}
+            "failed": failed, "preprocess": to_dict(pp), "raw": raw}
     meta_tmp = meta_path.with_suffix(".json.tmp")
     meta_tmp.write_text(json.dumps(meta))
     os.replace(meta_tmp, meta_path)  # the metadata last: a store without it is incomplete by definition

@@ -1,4 +1,5 @@
-"""The datamodule: labels -> seeded split -> decode-once store -> batches of uint8 images, on the GPU when they fit.
+"""The datamodule: labels -> seeded split -> decode-once store -> batches of uint8 images (float16 films before
+normalisation with `film_noise`), on the GPU when they fit.
 
 Batches are cut by index from one uint8 tensor (`images[idx]`), never assembled sample by sample, so the loader costs
 almost nothing next to a training step. Augmentation happens later, on the device (`BoneAgeModule`).
@@ -82,7 +83,7 @@ class BoneAgeData(L.LightningDataModule):
         for line in table.skipped[:5]:
             self._print(f"  skipped {line}")
         records = shuffle_and_limit(table.rows, cfg.seed, cfg.limit)
-        store = open_store(records, cfg.preprocess, cfg.cache_dir, log=self._print)
+        store = open_store(records, cfg.preprocess, cfg.cache_dir, log=self._print, raw=cfg.film_noise > 0)
         if store.failed:
             self._print(f"{len(store.failed)} images could not be decoded and are skipped; first: "
                      f"{next(iter(store.failed.values()))}")
@@ -106,7 +107,7 @@ class BoneAgeData(L.LightningDataModule):
         """device_cache "on" always; "auto" when the uint8 images take under a quarter of the free GPU memory."""
         if self.cfg.device_cache != "auto":
             return self.cfg.device_cache == "on"
-        need = self.train_set.images.numel() + self.val_set.images.numel()  # bytes: uint8
+        need = sum(t.images.numel() * t.images.element_size() for t in (self.train_set, self.val_set))
         free, _ = torch.cuda.mem_get_info(device)
         if need > free / 4:
             self._print(f"training images ({need / 1e9:.1f} GB) stay in host memory: too large for the GPU cache")

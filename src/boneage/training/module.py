@@ -11,12 +11,19 @@ import torch.nn.functional as F
 from boneage.config import TrainConfig, to_dict, train_config_from_dict
 from boneage.data.preprocess import to_model_input
 from boneage.models import create_model
-from boneage.training.augment import augment
+from boneage.training.augment import augment, equalize_clipped_batch, film_noise
 
 
 def prepare_batch(images: torch.Tensor, cfg: TrainConfig, train: bool) -> torch.Tensor:
-    """uint8 (B, 1, S, S) already on the device -> augmented (when training), standardised float input."""
-    x = images.float() / 255.0
+    """uint8 (B, 1, S, S) already on the device -> augmented (when training), standardised float input.
+    Films of a raw store (float, before the intensity normalisation) get their noise first, then the normalisation."""
+    if images.dtype == torch.uint8:
+        x = images.float() / 255.0
+    else:
+        x = images.float()
+        if train and cfg.film_noise:
+            x = film_noise(x, cfg.film_noise)
+        x = equalize_clipped_batch(x, cfg.preprocess.clip_limit)
     if train:
         x = augment(x, cfg)
     x = to_model_input(x, cfg.preprocess)
