@@ -35,6 +35,7 @@ def test_changed_settings_or_files_make_a_new_store(tmp_path):
     Image.new("L", (40, 30), 255).save(records[0].image)
     c = open_store(records, Preprocess(image_size=32), tmp_path / "cache", workers=1, log=lambda m: None)
     assert len({a.path, b.path, c.path}) == 3
+    assert not a.path.exists() and b.path.exists()  # the store c replaces is gone, other settings' store is kept
     assert (c.pixels[0] == 0).all()  # the new content: constant, equalised to 0
 
 

@@ -89,6 +89,25 @@ def _open(npy: Path, meta_path: Path, ids: list[str]) -> ImageStore | None:
     return ImageStore(pixels, ids, meta.get("failed", {}), npy)
 
 
+def _drop_superseded(cache: Path, meta: dict, log) -> None:
+    """Delete the stores this one replaces: the same films, settings and kind under another key, because a file
+    changed or the data was copied (new modification times). Each is a full decode of the data set (2 GiB for the
+    RSNA set in float16) that would otherwise stay in the cache for ever. Another process still reading one keeps its
+    mapping: unlinking does not take the pages from under it."""
+    mine = json.loads(json.dumps([meta["ids"], meta["preprocess"], meta["raw"]]))  # tuples as the file has them
+    for other in cache.glob("*.json"):
+        if other.stem == meta["key"]:
+            continue
+        try:
+            old = json.loads(other.read_text())
+        except (OSError, ValueError):
+            continue
+        if [old.get("ids"), old.get("preprocess"), bool(old.get("raw"))] == mine:
+            other.with_suffix(".npy").unlink(missing_ok=True)
+            other.unlink(missing_ok=True)
+            log(f"removed the store it replaces, {other.with_suffix('.npy')}")
+
+
 def open_store(
     records: list[LabelRow], pp: Preprocess, cache_dir: str | Path | None = None, workers: int | None = None,
     log=print, raw: bool = False,
@@ -129,4 +148,5 @@ def open_store(
     meta_tmp = meta_path.with_suffix(".json.tmp")
     meta_tmp.write_text(json.dumps(meta))
     os.replace(meta_tmp, meta_path)  # the metadata last: a store without it is incomplete by definition
+    _drop_superseded(cache, meta, log)
     return ImageStore(np.load(npy, mmap_mode="r"), ids, failed, npy)
