@@ -19,6 +19,10 @@ def equalize(gray: np.ndarray) -> np.ndarray:
     return cdf[inverse].reshape(gray.shape).astype(np.float32)
 
 
+TAIL = 0.5  # percent of pixels at each end left out of the binned range (0.5th to 99.5th percentile)
+CLIP_ROUNDS = 4  # redistributing the excess lifts every bin: a few rounds settle it under the cap
+
+
 def equalize_clipped(gray: np.ndarray, clip_limit: float, bins: int = 256) -> np.ndarray:
     """Histogram equalisation whose slope is capped at `clip_limit` (a global CLAHE), to [0, 1].
 
@@ -26,14 +30,14 @@ def equalize_clipped(gray: np.ndarray, clip_limit: float, bins: int = 256) -> np
     each bin's share is capped at clip_limit / bins and the excess spread evenly, and the mapping is interpolated
     between bin edges, so a small change of a pixel is a small change of its output (no jumps at bin borders).
     """
-    lo, hi = np.percentile(gray, (0.5, 99.5))
+    lo, hi = np.percentile(gray, (TAIL, 100 - TAIL))
     if hi <= lo:
         return np.zeros_like(gray, dtype=np.float32)
     unit = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
     hist = np.bincount(np.minimum((unit * bins).astype(np.int64), bins - 1).ravel(), minlength=bins).astype(np.float64)
     hist /= hist.sum()
     cap = clip_limit / bins
-    for _ in range(4):  # redistributing lifts every bin: a few rounds settle it under the cap
+    for _ in range(CLIP_ROUNDS):
         excess = np.clip(hist - cap, 0.0, None).sum()
         hist = np.minimum(hist, cap) + excess / bins
     cdf = np.concatenate([[0.0], np.cumsum(hist)])

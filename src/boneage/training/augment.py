@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from boneage.config import TrainConfig
+from boneage.data.intensity import CLIP_ROUNDS, TAIL
 
 
 def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
@@ -124,13 +125,13 @@ def equalize_clipped_batch(gray: torch.Tensor, clip_limit: float, bins: int = 25
     to 8 bits as the store and inference round. Float64: the same bin edges as the numpy original."""
     b = gray.shape[0]
     flat = gray.reshape(b, -1).double()
-    lo, hi = _percentiles(flat, 0.5)
+    lo, hi = _percentiles(flat, TAIL)
     unit = ((flat - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
     index = (unit * bins).long().clamp_max(bins - 1)
     hist = torch.zeros(b, bins, dtype=flat.dtype, device=flat.device).scatter_add_(1, index, torch.ones_like(unit))
     hist /= hist.sum(1, keepdim=True)
     cap = clip_limit / bins
-    for _ in range(4):
+    for _ in range(CLIP_ROUNDS):
         excess = (hist - cap).clamp_min(0.0).sum(1, keepdim=True)
         hist = hist.clamp_max(cap) + excess / bins
     cdf = torch.cat([torch.zeros_like(hist[:, :1]), hist.cumsum(1)], 1)
