@@ -96,6 +96,20 @@ def test_saliency_of_a_non_square_image_stays_on_the_same_anatomy(tiny_models):
     assert np.mean(fractions) > 0.5, np.round(fractions, 2)
 
 
+def test_with_framing_views_the_map_is_drawn_on_the_film_as_given(tiny_models):
+    from boneage.assessment import Case, assess
+    from boneage.explain.files import saliency_of
+
+    film = make_image(100.0, np.random.default_rng(3), SIZE, BOXES["top_left"])
+    maps = {}
+    for tta in ("flip", "framings"):
+        predictor = TorchPredictor.load(tiny_models["top_left"], tta=tta)
+        record, prepared = assess(Case(film, sex="M", check=False), predictor)
+        maps[tta] = saliency_of(predictor, prepared).map
+    assert prepared.pixels.ndim == 3 and record.model.views == "framings"
+    np.testing.assert_allclose(maps["framings"], maps["flip"], atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["stretch", "pad"])
 @pytest.mark.parametrize("shape", [(40, 100), (100, 40), (64, 64)])
 def test_to_original_inverts_the_model_input_geometry(mode, shape):

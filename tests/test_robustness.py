@@ -124,6 +124,50 @@ def test_with_flip_views_a_mirrored_film_gets_exactly_the_same_answer():
     assert views.shape == (2, 1) and got[0] == pytest.approx(views.mean(), rel=1e-5)
 
 
+def test_framing_views_prepare_each_framing_and_keep_the_mirror_symmetry():
+    from boneage.inference.tta import FRAMINGS, count
+
+    film, _ = _film(0.3)
+    framed, none = _tiny_predictor("framings"), _tiny_predictor("none")
+    a, b = framed.model_input(film), framed.model_input(film[:, ::-1].copy())
+    assert a.shape == (len(FRAMINGS), 64, 64) and a.dtype == np.uint8
+    assert np.array_equal(a[0], none.model_input(film))  # the first framing is the film as is
+    views = framed.predict_views(np.stack([a, b]), [True, True])
+    assert views.shape == (count("framings"), 2) == (8, 2)
+    plain = none.predict_batch(np.stack([a[0], b[0]]), [True, True])
+    spread = abs(plain[0] - plain[1])
+    assert spread > 0.1
+    # the mirrored film's framings are the mirrors of the film's (+7° <-> -7°): the same mean, to interpolation
+    assert views[:, 0].mean() == pytest.approx(views[:, 1].mean(), abs=0.05 * spread)
+    assert views[:, 0].std() > 0  # the framings are different views: the spread is the answer's uncertainty
+
+
+def test_framing_views_refuse_inputs_prepared_for_one_view():
+    film, _ = _film(0.3)
+    framed, one = _tiny_predictor("framings"), _tiny_predictor("flip")
+    with pytest.raises(ValueError, match="model_input"):
+        framed.predict_views(one.model_input(film)[None], [True])
+
+
+def test_the_cli_offers_every_set_of_views():
+    from boneage.cli import VIEWS
+    from boneage.inference.tta import VIEWS as known
+
+    assert VIEWS == tuple(known)
+
+
+def test_the_uncertain_threshold_is_the_one_calibrated_on_the_same_views():
+    from boneage.assessment import DEFAULT_UNCERTAIN_MONTHS, uncertain_threshold
+
+    flip, framed = _tiny_predictor("flip"), _tiny_predictor("framings")
+    for p in (flip, framed):
+        p.card.update(validation_views="flip", uncertain_above_months=5.0)
+    assert uncertain_threshold(flip) == 5.0
+    assert uncertain_threshold(framed) == DEFAULT_UNCERTAIN_MONTHS  # flip's figure would flag too many
+    framed.card["uncertain_above_months_by_views"] = {"framings": 7.5}
+    assert uncertain_threshold(framed) == 7.5
+
+
 def test_an_unknown_set_of_views_is_refused():
     with pytest.raises(UserError, match="test-time"):
         _tiny_predictor("rotations")
@@ -251,6 +295,14 @@ def test_precision_command_measures_every_change_on_real_predictions(trained, sy
     assert list(json.loads(result.stdout)["families"]) == ["sensor noise"]
     header = next(csv.reader((tmp_path / "n" / "deltas.csv").open()))
     assert header == ["id", "predicted_months", "sensor noise: SD 1 gray level", "sensor noise: SD 3 gray levels"]
+
+    # framing views: every changed film is framed as the door frames it; rotation moves the mean of framings
+    result = cli("precision", "--model", trained / "best.ckpt", "--images", images, "--labels",
+                 trained / "val.csv", "--limit", "2", "--workers", "1", "--family", "mirroring", "--tta", "framings",
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    mirroring = json.loads(result.stdout)["changes"]["mirroring: left-right"]
+    assert mirroring["max_abs"] < 0.5  # the framings keep the left-right symmetry of the flip views
 
 
 # ------------------------------------------------------------------------------------------------ int8 calibration

@@ -52,7 +52,7 @@ class Prepared:
 
     case: Case
     gray: np.ndarray | None  # the decoded film (None once only the model's input is needed)
-    pixels: np.ndarray | None  # uint8 (S, S): the model's input, once prepared
+    pixels: np.ndarray | None  # uint8 (S, S), or (F, S, S) for framing views: the model's input, once prepared
     male: bool
     sex_source: str
     age_months: float | None
@@ -154,8 +154,16 @@ def film_array(data: np.ndarray, name: str) -> np.ndarray:
 
 
 def uncertain_threshold(predictor) -> float:
-    """Spread (months) above which an answer is flagged: the model card's calibrated figure, else a default."""
-    return float(predictor.card.get("uncertain_above_months") or DEFAULT_UNCERTAIN_MONTHS)
+    """Spread (months) above which an answer is flagged: the model card's figure calibrated on the predictor's own
+    test-time views, else a default (more views, such as framings, spread more: another views' figure would flag
+    too many)."""
+    card = predictor.card
+    by_views = card.get("uncertain_above_months_by_views") or {}
+    if predictor.tta in by_views:
+        return float(by_views[predictor.tta])
+    if (card.get("validation_views") or predictor.tta) == predictor.tta and card.get("uncertain_above_months"):
+        return float(card["uncertain_above_months"])
+    return DEFAULT_UNCERTAIN_MONTHS
 
 
 def model_identity(predictor) -> ModelIdentity:

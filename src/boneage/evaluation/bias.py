@@ -144,6 +144,8 @@ def debias(model, images: str, labels: str, out, report_dir=None, folds: int = 5
                 validation_note=f"cross-fitted ({folds} folds) with the bias correction, on {len(records)} films of "
                                 f"{Path(labels).name}, views {predictor.tta}",
                 uncertain_above_months=round(float(np.percentile(spread, 99)), 2),
+                uncertain_above_months_by_views={**(card or {}).get("uncertain_above_months_by_views", {}),
+                                                 predictor.tta: round(float(np.percentile(spread, 99)), 2)},
                 uncertain_calibration=f"99th percentile of the spread over the {predictor.tta} views, "
                                       f"{len(records)} films of {Path(labels).name}")
     storage = _storage_of(model)

@@ -19,10 +19,11 @@ from PIL import Image
 
 from boneage.config import Preprocess, to_dict
 from boneage.data.crop import crop_to_hand
+from boneage.data.framing import canvas, rotate, zoom_in
 from boneage.data.images import decode_image
 from boneage.data.labels import read_labels
-from boneage.data.preprocess import preprocess_gray
 from boneage.errors import UserError
+from boneage.inference.tta import VIEWS, count, model_input
 
 Change = Callable[[np.ndarray], np.ndarray]  # float gray (H, W), 0..255 -> float gray, any size
 
@@ -40,33 +41,6 @@ def _encode(gray: np.ndarray, fmt: str, **options) -> np.ndarray:
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im, dtype=np.float32)
-
-
-def _background(gray: np.ndarray) -> float:
-    """The film's own background gray: the median of its outer ring."""
-    return float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
-
-
-def _canvas(gray: np.ndarray, grow: float, where: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
-    """The film on a canvas `grow` larger in each direction, of its background gray, at relative position `where`."""
-    h, w = gray.shape
-    big_h, big_w = round(h * (1 + grow)), round(w * (1 + grow))
-    out = np.full((big_h, big_w), _background(gray), dtype=np.float32)
-    top, left = round((big_h - h) * where[0]), round((big_w - w) * where[1])
-    out[top : top + h, left : left + w] = gray
-    return out
-
-
-def _zoom_in(gray: np.ndarray, zoom: float) -> np.ndarray:
-    """The central 1/(1+zoom) of the film: as if it had been taken closer."""
-    h, w = gray.shape
-    ch, cw = round(h / (1 + zoom)), round(w / (1 + zoom))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return gray[top : top + ch, left : left + cw]
-
-
-def _rotate(gray: np.ndarray, degrees: float) -> np.ndarray:
-    return np.asarray(_pil(gray).rotate(degrees, Image.BILINEAR, fillcolor=_background(gray)), dtype=np.float32)
 
 
 def _scale(gray: np.ndarray, factor: float) -> np.ndarray:
@@ -93,17 +67,17 @@ FAMILIES: dict[str, dict[str, Change]] = {
         "left-right": lambda g: g[:, ::-1],
         "up-down": lambda g: g[::-1],
     },
-    "rotation": {f"{d:+d}°": (lambda g, d=d: _rotate(g, d)) for d in (-15, -10, -5, 5, 10, 15)},
+    "rotation": {f"{d:+d}°": (lambda g, d=d: rotate(g, d)) for d in (-15, -10, -5, 5, 10, 15)},
     "zoom and margin": {
-        "margin +10%": lambda g: _canvas(g, 0.1),
-        "margin +20%": lambda g: _canvas(g, 0.2),
-        "zoom in 10%": lambda g: _zoom_in(g, 0.1),
-        "zoom in 20%": lambda g: _zoom_in(g, 0.2),
+        "margin +10%": lambda g: canvas(g, 0.1),
+        "margin +20%": lambda g: canvas(g, 0.2),
+        "zoom in 10%": lambda g: zoom_in(g, 0.1),
+        "zoom in 20%": lambda g: zoom_in(g, 0.2),
     },
     "shift": {
-        "to top left": lambda g: _canvas(g, 0.2, (0.0, 0.0)),
-        "to bottom right": lambda g: _canvas(g, 0.2, (1.0, 1.0)),
-        "to top right": lambda g: _canvas(g, 0.2, (0.0, 1.0)),
+        "to top left": lambda g: canvas(g, 0.2, (0.0, 0.0)),
+        "to bottom right": lambda g: canvas(g, 0.2, (1.0, 1.0)),
+        "to top right": lambda g: canvas(g, 0.2, (0.0, 1.0)),
     },
     "cut to the hand": {"hand only": crop_to_hand},
     "exposure": {
@@ -136,12 +110,13 @@ def select(families: list[str] | None = None) -> list[tuple[str, str, Change]]:
     return [c for c in CHANGES if c[0] in families]
 
 
-def _prepare_film(args: tuple[str, dict, list[str] | None]) -> np.ndarray:
-    """One film -> uint8 (1 + n changes, S, S): the original first, then each changed copy, all preprocessed."""
-    path, pp, families = args
+def _prepare_film(args: tuple[str, dict, list[str] | None, str]) -> np.ndarray:
+    """One film -> uint8 (1 + n changes, [F,] S, S): the original first, then each changed copy, each prepared as the
+    predictor's views `tta` take it (F framings of the whole film for `framings`)."""
+    path, pp, families, tta = args
     pp = Preprocess(**pp)
     gray = decode_image(path)
-    return np.stack([preprocess_gray(gray, pp)] + [preprocess_gray(fn(gray), pp) for _, _, fn in select(families)])
+    return np.stack([model_input(gray, pp, tta)] + [model_input(fn(gray), pp, tta) for _, _, fn in select(families)])
 
 
 def measure(predictor, images: str, labels: str, limit: int | None = None, workers: int | None = None,
@@ -153,17 +128,24 @@ def measure(predictor, images: str, labels: str, limit: int | None = None, worke
     pp = to_dict(predictor.preprocess)
     workers = workers or min(16, os.cpu_count() or 1)
     base, deltas = np.zeros(len(records)), np.zeros((len(records), len(changes)))
-    films = [(str(r.image), pp, families) for r in records]
+    films = [(str(r.image), pp, families, predictor.tta) for r in records]
+    views_per_film = count(predictor.tta)
+    step = max(1, 256 // views_per_film)  # films per forward pass: 256 images, whatever the views
+    chunk = max(1, chunk * len(VIEWS[predictor.tta].flips) // views_per_film)  # the same memory, whatever the views
     with ProcessPoolExecutor(workers) as pool:
-        # All films are queued at once: the workers prepare the next ones while the model scores these.
-        prepared = pool.map(_prepare_film, films, chunksize=2)
-        for start in range(0, len(records), chunk):
+        # The workers prepare the next chunk while the model scores this one; two chunks at most are held.
+        starts = range(0, len(records), chunk)
+        ahead = pool.map(_prepare_film, films[:chunk], chunksize=2)
+        for start in starts:
+            prepared = ahead
+            if start + chunk < len(records):
+                ahead = pool.map(_prepare_film, films[start + chunk : start + 2 * chunk], chunksize=2)
             part = records[start : start + chunk]
-            views = np.stack([next(prepared) for _ in part])  # (B, 1 + C, S, S)
+            views = np.stack(list(prepared))  # (B, 1 + C, [F,] S, S)
             b, c = views.shape[:2]
             flat, male = views.reshape(b * c, *views.shape[2:]), np.repeat([r.male for r in part], c)
-            pred = np.concatenate([predictor.predict_batch(flat[i : i + 256], male[i : i + 256])
-                                   for i in range(0, b * c, 256)]).reshape(b, c)
+            pred = np.concatenate([predictor.predict_batch(flat[i : i + step], male[i : i + step])
+                                   for i in range(0, b * c, step)]).reshape(b, c)
             base[start : start + b], deltas[start : start + b] = pred[:, 0], pred[:, 1:] - pred[:, :1]
             log(f"precision: {start + b}/{len(records)} films")
     true = np.array([r.age_months for r in records])

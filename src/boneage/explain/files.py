@@ -14,6 +14,7 @@ from boneage.errors import UserError
 from boneage.explain.activations import activations
 from boneage.explain.figures import activation_figure, saliency_figure, save_overlay
 from boneage.explain.saliency import LABELS, METHODS, Saliency, saliency
+from boneage.inference.tta import as_is
 
 
 def _check_method(method: str) -> None:
@@ -37,8 +38,8 @@ def _subtitle(predictor, record, sal: Saliency) -> str:
 def saliency_of(predictor, prepared, method: str = "gradcam", layer: str | None = None, shape=None) -> Saliency:
     """The map of one prepared film on the runtime's PyTorch network, at `shape` (default: the film's own)."""
     net = predictor.explainer()
-    return saliency(net.model, prepared.pixels, prepared.male, net.preprocess, shape or prepared.gray.shape, method,
-                    layer, region=region_fractions(prepared.gray, net.preprocess))
+    return saliency(net.model, as_is(prepared.pixels), prepared.male, net.preprocess, shape or prepared.gray.shape,
+                    method, layer, region=region_fractions(prepared.gray, net.preprocess))
 
 
 def heatmap_for(predictor, record, prepared, path: str | Path, method: str = "gradcam",
@@ -57,12 +58,13 @@ def explain_file(predictor, record, prepared, out: str | Path, layers: list[str]
     out, stem = Path(out), Path(record.image).stem
     net = predictor.explainer()
     pp = net.preprocess
-    acts, _ = activations(net.model, prepared.pixels, prepared.male, pp, layers)  # first: a bad --layers fails fast
+    pixels = as_is(prepared.pixels)  # the film as given: with framing views, the first of its framings
+    acts, _ = activations(net.model, pixels, prepared.male, pp, layers)  # first: a bad --layers fails fast
     sal = saliency_of(predictor, prepared, method, saliency_layer)
     h, w = prepared.gray.shape
     title = caption(record)
     files = {
-        "activations": activation_figure(prepared.pixels, acts, out / f"{stem}_activations.png",
+        "activations": activation_figure(pixels, acts, out / f"{stem}_activations.png",
                                          f"{Path(record.image).name}: activations, early to late "
                                          f"({predictor.spec.model.arch}) - {title}",
                                          pixel_aspect=h / w if pp.resize == "stretch" else 1.0),

@@ -26,8 +26,14 @@ class Ensemble:
         self.name = " + ".join(m.name for m in members)
         self.version = "+".join(m.version or "?" for m in members)
         # An ensemble's own MAD is not any member's: it is known only from a card packed with it (`export`).
+        # Its "uncertain" threshold is the members' largest, for views every member was calibrated on.
+        views = {m.card.get("validation_views") for m in members}
+        by_views = [m.card.get("uncertain_above_months_by_views") or {} for m in members]
         self.card = {"members": [m.card for m in members], "uncertain_above_months":
                      max((m.card.get("uncertain_above_months") or 0) for m in members) or None,
+                     "validation_views": views.pop() if len(views) == 1 else "mixed",  # None: not stated
+                     "uncertain_above_months_by_views": {k: max(b[k] for b in by_views) for k in by_views[0]
+                                                         if all(k in b for b in by_views)},
                      "validation_mad_months": members[0].card.get("validation_mad_months") if len(members) == 1
                      else None}
 

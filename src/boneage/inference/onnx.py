@@ -23,7 +23,7 @@ import torch
 
 import boneage.inference.tta as tta_views
 from boneage.config import ModelSpec, Preprocess, to_dict
-from boneage.data.preprocess import preprocess_gray, to_model_input
+from boneage.data.preprocess import to_model_input
 from boneage.errors import UserError
 from boneage.inference.checkpoint import default_model_path, file_sha256, load_network
 from boneage.inference.predictor import TorchPredictor, load_torch
@@ -122,7 +122,7 @@ class OnnxPredictor:
         return self.spec.preprocess
 
     def model_input(self, gray: np.ndarray) -> np.ndarray:
-        return preprocess_gray(gray, self.preprocess)
+        return tta_views.model_input(gray, self.preprocess, self.tta)
 
     def run(self, image: np.ndarray, male: np.ndarray) -> np.ndarray:
         """Graph inputs as they are: float32 (B, C, S, S) standardised, (B,) 1/0 -> (B,) months."""

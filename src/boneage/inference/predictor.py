@@ -15,7 +15,6 @@ import torch
 
 import boneage.inference.tta as tta_views
 from boneage.config import ModelSpec, Preprocess
-from boneage.data.preprocess import preprocess_gray
 from boneage.inference.checkpoint import (
     default_model_path,
     file_sha256,
@@ -35,7 +34,7 @@ class Predictor(Protocol):
     members: int  # models pooled (1, or an ensemble's size)
     spec: ModelSpec  # the network and the preprocessing it was trained with (of the first member)
     card: dict  # the model card: validation figures, the "uncertain" threshold, provenance
-    tta: str  # test-time views: none | flip | flips
+    tta: str  # test-time views: none | flip | flips | framings
     name: str  # what the model is called (its card's name, else its file's)
     version: str | None  # the first 12 hex digits of the weights file's SHA-256 (members joined by +)
 
@@ -43,10 +42,12 @@ class Predictor(Protocol):
     def preprocess(self) -> Preprocess: ...
 
     def model_input(self, gray: np.ndarray) -> np.ndarray:
-        """A float gray film of any size -> the uint8 (S, S) model input."""
+        """A float gray film of any size -> the uint8 (S, S) model input; (F, S, S) for views that frame the film
+        F ways (`framings`)."""
 
     def predict_views(self, images, male) -> np.ndarray:
-        """(B, S, S) inputs and (B,) male flags -> (views x members, B) answers, bias-corrected."""
+        """(B, S, S) or (B, F, S, S) inputs (`model_input`) and (B,) male flags -> (views x members, B) answers,
+        bias-corrected."""
 
     def predict_batch(self, images, male) -> np.ndarray:
         """(B,) answers: the mean over views and members."""
@@ -78,7 +79,7 @@ class TorchPredictor:
         return self.spec.preprocess
 
     def model_input(self, gray: np.ndarray) -> np.ndarray:
-        return preprocess_gray(gray, self.preprocess)
+        return tta_views.model_input(gray, self.preprocess, self.tta)
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor, male: np.ndarray) -> np.ndarray:
