@@ -66,3 +66,30 @@ def test_a_raw_store_holds_the_films_before_their_normalisation_in_8_bit_levels(
     assert raw.path != cooked.path and raw.pixels.dtype == np.float16 and raw.pixels.shape == (6, 32, 32)
     assert np.asarray(raw.pixels[0]).std() > 10 and np.asarray(raw.pixels[0]).max() <= 255  # gray levels, not [0, 1]
     assert np.allclose(np.asarray(raw.pixels[1], dtype=float), 255.0)  # 16-bit: scaled to 8-bit levels
+
+
+def _hands(tmp_path, n=4):
+    """Films of a bright hand-like block on a dark background, so that the hand crop has something to find."""
+    folder = tmp_path / "hands"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        film = np.full((120, 90), 20, np.uint8)
+        film[25:100, 20:70] = rng.integers(120, 230, (75, 50), dtype=np.uint8)
+        Image.fromarray(film).save(folder / f"{i}.png")
+    (tmp_path / "h.csv").write_text("id,boneage,male\n" + "".join(f"{i},{10 * i + 5},True\n" for i in range(n)))
+    return read_labels(tmp_path / "h.csv", folder).rows
+
+
+def test_framed_stores_hold_each_film_framed_once_at_random_and_keep_the_plain_store(tmp_path):
+    records, pp, logs = _hands(tmp_path), Preprocess(image_size=32, crop="hand"), []
+    framing = {"version": 1, "seed": 0, "rotate_deg": 15.0, "margin": 0.25, "zoom": 0.15}
+    plain = open_store(records, pp, tmp_path / "cache", workers=1, log=logs.append)
+    one = open_store(records, pp, tmp_path / "cache", workers=1, log=logs.append, framing=framing)
+    two = open_store(records, pp, tmp_path / "cache", workers=1, log=logs.append, framing={**framing, "version": 2})
+    assert len({plain.path, one.path, two.path}) == 3 and plain.path.exists() and one.path.exists()
+    assert "framed at random (version 1)" in logs[1]
+    a, b, c = (np.asarray(s.pixels, dtype=np.float32) for s in (plain, one, two))
+    assert all(np.abs(a[i] - b[i]).mean() > 1 and np.abs(b[i] - c[i]).mean() > 1 for i in range(len(records)))
+    again = open_store(records, pp, tmp_path / "cache2", workers=1, log=logs.append, framing=framing)
+    assert np.array_equal(np.asarray(again.pixels), b)  # each film's draw is fixed: a rebuilt store is the same

@@ -47,6 +47,25 @@ def test_noise_before_the_normalisation_trains_from_a_raw_store(synthetic, tmp_p
                                 "preprocess": {"intensity": "equalize", "clip_limit": 0}}).validate()
 
 
+def test_framings_train_on_each_film_as_is_and_framed_before_the_crop(synthetic, tmp_path):
+    from boneage.config import ModelConfig, Preprocess, TrainConfig
+    from boneage.training.datamodule import BoneAgeData
+
+    images, labels = synthetic
+    cfg = TrainConfig(images=str(images), labels=str(labels), out=str(tmp_path / "r"), limit=48, framings=2,
+                      model=ModelConfig(arch="tiny_cnn"), preprocess=Preprocess(image_size=32, crop="hand"),
+                      epochs=1, batch_size=16, cache_dir=str(tmp_path / "cache"), precision="32-true")
+    data = BoneAgeData(cfg, log=lambda m: None)
+    train, val = data.load_split(save=False)
+    assert data.train_set.images.shape == (3, len(train), 32, 32) and data.val_set.images.ndim == 3
+    batch = data.train_set[list(range(len(train)))][0]
+    drawn = [(batch[n, 0] == data.train_set.images[:, n]).flatten(1).all(1).nonzero() for n in range(len(train))]
+    assert len({int(d[0]) for d in drawn if len(d)}) > 1  # samples are drawn from several versions
+    run(cfg, log=lambda m: None)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["framings"] == 2
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 3  # the films as is, and two framed versions
+
+
 def test_a_run_folder_holds_config_split_metrics_checkpoints_and_curves(trained):
     for name in ("config.json", "train.csv", "val.csv", "metrics.csv", "best.ckpt", "last.ckpt", "curves.png"):
         assert (trained / name).is_file(), name

@@ -174,6 +174,16 @@ class TrainConfig:
     # detector's noise reaches inference: the normalisation amplifies it on dark films (augment.film_noise). Needs
     # intensity "equalize" with a clip_limit; the store then holds films before normalisation (float16, 2x memory).
     film_noise: float = 0.0
+    # Framings of the whole film before the hand crop, as a technician frames it: rotated by up to
+    # `framing_rotate_deg`, on a canvas up to `framing_margin` wider at a random place, or zoomed in up to
+    # `framing_zoom`. `framings` versions of each training film are drawn once (seeded) and decoded once, each cut to
+    # the hand exactly as inference cuts it (its fallback included); every sample is the film as is or one of them.
+    # The in-batch `rotate_deg`/`scale`/`translate` move the crop; these move the film under the crop. Memory:
+    # (1 + framings) x the training films.
+    framings: int = 0
+    framing_rotate_deg: float = 15.0
+    framing_margin: float = 0.25
+    framing_zoom: float = 0.15
     # hardware
     accelerator: str = "auto"
     devices: str | int = "auto"
@@ -243,6 +253,7 @@ _NUMBER_RANGES = (
     ("plateau_cooldown", 0, True), ("min_lr", 0, True), ("warmup_epochs", 0, True), ("contrast", 0, True),
     ("brightness", 0, True), ("gamma", 0, True), ("rotate_deg", 0, True), ("scale", 0, True), ("translate", 0, True),
     ("low_res", 0, True), ("blur", 0, True), ("noise", 0, True), ("film_noise", 0, True),
+    ("framings", 0, True), ("framing_rotate_deg", 0, True), ("framing_margin", 0, True), ("framing_zoom", 0, True),
     ("num_nodes", 1, True), ("num_workers", 0, True), ("max_minutes", 0, False), ("checkpoint_every", 1, True),
     ("val_fraction", 0, False),
 )

@@ -39,3 +39,13 @@ def rotate(gray: np.ndarray, degrees: float) -> np.ndarray:
     """Rotated counter-clockwise about the film's centre, same size, corners filled with its background gray."""
     image = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F")
     return np.asarray(image.rotate(degrees, Image.BILINEAR, fillcolor=background(gray)), dtype=np.float32)
+
+
+def drawn_framing(gray: np.ndarray, rng: np.random.Generator, rotate_deg: float, margin: float,
+                  zoom: float) -> np.ndarray:
+    """One framing drawn from `rng`: zoomed in, or on a wider canvas at a random place (even odds), then rotated."""
+    if zoom > 0 and (margin <= 0 or rng.random() < 0.5):
+        gray = zoom_in(gray, float(rng.uniform(0, zoom)))
+    elif margin > 0:
+        gray = canvas(gray, float(rng.uniform(0, margin)), (float(rng.random()), float(rng.random())))
+    return rotate(gray, float(rng.uniform(-rotate_deg, rotate_deg))) if rotate_deg > 0 else gray

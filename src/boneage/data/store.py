@@ -3,6 +3,9 @@
 A raw store (`raw=True`, for noise added before the intensity normalisation) holds the cut, resized film before the
 normalisation instead, as float16 in 8-bit gray levels (a 16-bit film scaled down): twice the bytes.
 
+A framed store (`framing`, for training) holds every film framed once at random before the hand crop
+(boneage.data.framing.drawn_framing), each film's draw fixed by the seed, the version number and the film's id.
+
 A store is keyed by the preprocessing settings and by the source files (name, size, modification time), so changing
 either builds a new one. Its metadata (written last, atomically) holds a CRC of the pixels: a store whose files are
 missing, truncated, stale or corrupt is detected on opening and rebuilt, never silently used.
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from boneage.config import Preprocess, to_dict
+from boneage.data.framing import drawn_framing
 from boneage.data.images import decode_image
 from boneage.data.labels import LabelRow
 from boneage.data.preprocess import crop_and_resize, preprocess_gray
@@ -33,8 +37,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BONEAGE_CACHE", Path.home() / ".cache" / "boneage")) / "stores"
 
 
-def store_key(records: list[LabelRow], pp: Preprocess, raw: bool = False) -> str:
-    what = {"format": FORMAT, "preprocess": to_dict(pp)} | ({"raw": True} if raw else {})
+def store_key(records: list[LabelRow], pp: Preprocess, raw: bool = False, framing: dict | None = None) -> str:
+    what = {"format": FORMAT, "preprocess": to_dict(pp)} | ({"raw": True} if raw else {}) | (
+        {"framing": framing} if framing else {})
     h = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
     for r in records:
         st = r.image.stat()
@@ -56,10 +61,18 @@ def raw_gray(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
     return (square * (255.0 / top) if top > 255 else square).astype(np.float16)
 
 
-def _decode_one(args: tuple[str, dict, bool]) -> tuple[np.ndarray | None, str | None]:
-    path, pp, raw = args
+def framed(gray: np.ndarray, film_id: str, framing: dict) -> np.ndarray:
+    """The film as the framed store's version `framing["version"]` holds it (before the crop)."""
+    rng = np.random.default_rng([framing["seed"], framing["version"], zlib.crc32(film_id.encode())])
+    return drawn_framing(gray, rng, framing["rotate_deg"], framing["margin"], framing["zoom"])
+
+
+def _decode_one(args: tuple[str, dict, bool, dict | None, str]) -> tuple[np.ndarray | None, str | None]:
+    path, pp, raw, framing, film_id = args
     try:
         gray = decode_image(path)
+        if framing:
+            gray = framed(gray, film_id, framing)
         return (raw_gray if raw else preprocess_gray)(gray, Preprocess(**pp)), None
     except UserError as exc:
         return None, str(exc)
@@ -94,7 +107,8 @@ def _drop_superseded(cache: Path, meta: dict, log) -> None:
     changed or the data was copied (new modification times). Each is a full decode of the data set (2 GiB for the
     RSNA set in float16) that would otherwise stay in the cache for ever. Another process still reading one keeps its
     mapping: unlinking does not take the pages from under it."""
-    mine = json.loads(json.dumps([meta["ids"], meta["preprocess"], meta["raw"]]))  # tuples as the file has them
+    signature = [meta["ids"], meta["preprocess"], meta["raw"], meta.get("framing")]
+    mine = json.loads(json.dumps(signature))  # tuples as the file has them
     for other in cache.glob("*.json"):
         if other.stem == meta["key"]:
             continue
@@ -102,7 +116,7 @@ def _drop_superseded(cache: Path, meta: dict, log) -> None:
             old = json.loads(other.read_text())
         except (OSError, ValueError):
             continue
-        if [old.get("ids"), old.get("preprocess"), bool(old.get("raw"))] == mine:
+        if [old.get("ids"), old.get("preprocess"), bool(old.get("raw")), old.get("framing")] == mine:
             other.with_suffix(".npy").unlink(missing_ok=True)
             other.unlink(missing_ok=True)
             log(f"removed the store it replaces, {other.with_suffix('.npy')}")
@@ -110,12 +124,13 @@ def _drop_superseded(cache: Path, meta: dict, log) -> None:
 
 def open_store(
     records: list[LabelRow], pp: Preprocess, cache_dir: str | Path | None = None, workers: int | None = None,
-    log=print, raw: bool = False,
+    log=print, raw: bool = False, framing: dict | None = None,
 ) -> ImageStore:
-    """Open the store for these records and settings, building (or rebuilding) it if needed."""
+    """Open the store for these records and settings, building (or rebuilding) it if needed. `framing`: {"version",
+    "seed", "rotate_deg", "margin", "zoom"} for a framed store."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    key = store_key(records, pp, raw)
+    key = store_key(records, pp, raw, framing)
     npy, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
     ids = [r.id for r in records]
     if npy.exists() or meta_path.exists():
@@ -130,9 +145,10 @@ def open_store(
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16 if raw else np.uint8,
                                        shape=(len(records), size, size))
     failed: dict[str, str] = {}
-    jobs = [(str(r.image), to_dict(pp), raw) for r in records]
+    jobs = [(str(r.image), to_dict(pp), raw, framing, r.id) for r in records]
     workers = workers or min(16, os.cpu_count() or 1)
-    log(f"decoding {len(records)} images once into {npy} ({workers} processes)")
+    what = f" framed at random (version {framing['version']})" if framing else ""
+    log(f"decoding {len(records)} images{what} once into {npy} ({workers} processes)")
     with ProcessPoolExecutor(workers) as pool:
         for n, (image, error) in enumerate(pool.map(_decode_one, jobs, chunksize=64)):
             if error:
@@ -144,7 +160,7 @@ def open_store(
     del pixels
     os.replace(tmp, npy)
     meta = {"format": FORMAT, "key": key, "ids": ids, "shape": [len(records), size, size], "crc32": crc,
-            "failed": failed, "preprocess": to_dict(pp), "raw": raw}
+            "failed": failed, "preprocess": to_dict(pp), "raw": raw} | ({"framing": framing} if framing else {})
     meta_tmp = meta_path.with_suffix(".json.tmp")
     meta_tmp.write_text(json.dumps(meta))
     os.replace(meta_tmp, meta_path)  # the metadata last: a store without it is incomplete by definition

@@ -28,7 +28,9 @@ from boneage.data.store import open_store
 
 
 class TensorBatches(Dataset):
-    """Indexed by a list of indices: returns the whole batch (images (B, 1, S, S) uint8, male (B,), age (B,))."""
+    """Indexed by a list of indices: returns the whole batch (images (B, 1, S, S) uint8, male (B,), age (B,)).
+    `images` is (N, S, S), or (V, N, S, S) for V versions of each film (as is, then its framings): each sample of a
+    batch is drawn as one of its versions."""
 
     def __init__(self, images: torch.Tensor, male: torch.Tensor, age: torch.Tensor):
         self.images, self.male, self.age = images, male, age
@@ -38,6 +40,9 @@ class TensorBatches(Dataset):
 
     def __getitem__(self, idx: list[int]):
         i = torch.as_tensor(idx, device=self.age.device)
+        if self.images.ndim == 4:
+            version = torch.randint(self.images.shape[0], (len(i),), device=i.device)
+            return self.images[version, i].unsqueeze(1), self.male[i], self.age[i]
         return self.images[i].unsqueeze(1), self.male[i], self.age[i]
 
     def to(self, device) -> TensorBatches:
@@ -59,10 +64,22 @@ def age_balance_weights(age_months: torch.Tensor, power: float) -> torch.Tensor:
     return counts[years] ** -power
 
 
-def _tensors(records: list[LabelRow], store) -> TensorBatches:
-    index = store.index
-    rows = torch.as_tensor([index[r.id] for r in records], dtype=torch.long)
-    images = torch.from_numpy(store.pixels[rows.numpy()])  # one gather from the memory map: (N, S, S) uint8
+def _tensors(records: list[LabelRow], store, framed: list = ()) -> TensorBatches:
+    """The records' films from `store`, and from each framed store (by id) as further versions of them."""
+    def gather(s):  # one gather from the memory map: (N, S, S)
+        index = s.index
+        return torch.from_numpy(s.pixels[[index[r.id] for r in records]])
+
+    images = gather(store)
+    if framed:
+        versions = torch.empty((1 + len(framed), *images.shape), dtype=images.dtype)
+        versions[0] = images
+        for v, s in enumerate(framed, start=1):
+            versions[v] = gather(s)
+            # a framing that could not be decoded (its film could) stands in as the film as is
+            lost = [n for n, r in enumerate(records) if r.id in s.failed]
+            versions[v, lost] = images[lost]
+        images = versions
     male = torch.tensor([float(r.male) for r in records])
     age = torch.tensor([r.age_months for r in records])
     return TensorBatches(images, male, age)
@@ -91,10 +108,19 @@ class BoneAgeData(L.LightningDataModule):
         train, val = split_by_ids(records, cfg.val_ids) if cfg.val_ids else split(records, cfg.val_fraction, cfg.seed)
         if save:
             save_split(train, val, Path(cfg.out))
-        self.train_set, self.val_set = _tensors(train, store), _tensors(val, store)
+        framed = [self._framed(train, v) for v in range(1, cfg.framings + 1)]
+        self.train_set, self.val_set = _tensors(train, store, framed), _tensors(val, store)
         age = self.train_set.age
         self.age_stats = (float(age.mean()), float(age.std()) if len(age) > 1 else 0.0)  # too few: refused later
         return train, val
+
+    def _framed(self, train: list[LabelRow], version: int):
+        """The training films framed at random before the crop, version `version` (decoded once, then cached)."""
+        cfg = self.cfg
+        framing = {"version": version, "seed": cfg.seed, "rotate_deg": cfg.framing_rotate_deg,
+                   "margin": cfg.framing_margin, "zoom": cfg.framing_zoom}
+        return open_store(train, cfg.preprocess, cfg.cache_dir, log=self._print, raw=cfg.film_noise > 0,
+                          framing=framing)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
