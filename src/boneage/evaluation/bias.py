@@ -137,15 +137,16 @@ def debias(model, images: str, labels: str, out, report_dir=None, folds: int = 5
     correction = fit(answers, true, male, chosen["per_sex"], provenance)
     # The card's figures are re-measured on the same films: validation (cross-fitted), and the spread above which
     # an answer is flagged uncertain (its 99th percentile: the correction moves every view alike, so spreads stand).
+    flag_above = round(float(np.percentile(spread, 99)), 2)
     card = dict(card or {}, validation_mad_months=round(after["mad_months"], 3),
                 validation_rmse_months=round(after["rmse_months"], 3),
                 validation_bias_months=round(after["bias_months"], 3), validation_n=len(records),
                 validation_views=predictor.tta,
                 validation_note=f"cross-fitted ({folds} folds) with the bias correction, on {len(records)} films of "
                                 f"{Path(labels).name}, views {predictor.tta}",
-                uncertain_above_months=round(float(np.percentile(spread, 99)), 2),
+                uncertain_above_months=flag_above,
                 uncertain_above_months_by_views={**(card or {}).get("uncertain_above_months_by_views", {}),
-                                                 predictor.tta: round(float(np.percentile(spread, 99)), 2)},
+                                                 predictor.tta: flag_above},
                 uncertain_calibration=f"99th percentile of the spread over the {predictor.tta} views, "
                                       f"{len(records)} films of {Path(labels).name}")
     storage = _storage_of(model)

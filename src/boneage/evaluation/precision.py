@@ -131,12 +131,11 @@ def measure(predictor, images: str, labels: str, limit: int | None = None, worke
     films = [(str(r.image), pp, families, predictor.tta) for r in records]
     views_per_film = count(predictor.tta)
     step = max(1, 256 // views_per_film)  # films per forward pass: 256 images, whatever the views
-    chunk = max(1, chunk * len(VIEWS[predictor.tta].flips) // views_per_film)  # the same memory, whatever the views
+    chunk = max(1, chunk // len(VIEWS[predictor.tta].framings))  # the same memory, whatever the framings
     with ProcessPoolExecutor(workers) as pool:
         # The workers prepare the next chunk while the model scores this one; two chunks at most are held.
-        starts = range(0, len(records), chunk)
         ahead = pool.map(_prepare_film, films[:chunk], chunksize=2)
-        for start in starts:
+        for start in range(0, len(records), chunk):
             prepared = ahead
             if start + chunk < len(records):
                 ahead = pool.map(_prepare_film, films[start + chunk : start + 2 * chunk], chunksize=2)
