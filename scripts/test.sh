@@ -5,7 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  # torch's CUDA build (the one pinned below) fills about 6.5 GB: say so up front rather than fail mid-install
+  free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+  [ "${free_kb:-0}" -ge 7000000 ] \
+    || echo "scripts/test.sh: only $(( ${free_kb:-0} / 1024 )) MB free here; the virtual environment needs about 6,500 MB"
+  "$PY" -m venv .venv
+fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
 # torch pinned to the build this project is tested with (any torch >= 2.4 works; this one installs from a local mirror)
