@@ -15,6 +15,8 @@
 #   8. when the candidate alone is not shipped: the soup of the shipped network and the candidate (weights averaged),
 #      measured and decided by the same rule (SOUP=0 skips it). Commit what it changed.
 # Stopped, it resumes: run it again with the same WORK; training continues from last.ckpt, finished steps are skipped.
+# Nothing shipped last time? Start from that run instead (INIT=runs/cpu-session/run/best.ckpt, and a lower lr in
+# TRAIN_ARGS): the runs still accumulate, and the shipped model stays the yardstick.
 # Run it in the background, it takes MINUTES plus 25-50 minutes of scoring on 2 cores:
 #   MINUTES=180 nohup bash scripts/cpu_session.sh > cpu-session.log 2>&1 &
 # Tried small first: MINUTES=4 LIMIT=600 PREC_FILMS=8 VAL_LIMIT=120 WORK=/tmp/cpu-try bash scripts/cpu_session.sh
@@ -32,6 +34,8 @@ VAL_LIMIT=${VAL_LIMIT:-0}          # 0: the whole validation split (the figures 
 PREC_FILMS=${PREC_FILMS:-200}
 LIMIT=${LIMIT:-0}                  # films drawn for training (0: all)
 TRAIN_ARGS=${TRAIN_ARGS:-}         # more `boneage train` flags over the recipe, e.g. "--lr 1e-4" for a short session
+INIT=${INIT:-}                     # start from this checkpoint instead of the shipped model: the last session's
+                                   # run/best.ckpt when it did not ship, so the sessions accumulate all the same
 WORK=${WORK:-runs/cpu-session}
 RUN=$WORK/run
 mkdir -p "$WORK"
@@ -62,6 +66,7 @@ PY
 )
   log "training loop at $RATE images/s here: $EPOCHS epochs in $MINUTES minutes"
   LIMIT_ARGS=(); [ "$LIMIT" != 0 ] && LIMIT_ARGS=(--limit "$LIMIT")
+  [ -n "$INIT" ] && { LIMIT_ARGS+=(--init-from "$INIT"); log "starting from $INIT, not the shipped model"; }
   ba train --config "$RECIPE" --images "$IMAGES" --labels "$LABELS" --out "$RUN" --epochs "$EPOCHS" \
     "${LIMIT_ARGS[@]}" --max-minutes "$(python3 -c "print($MINUTES * 1.1)")" $TRAIN_ARGS >>"$WORK/log.txt" 2>&1 \
     || log "training exited with $? (scoring what was saved)"
