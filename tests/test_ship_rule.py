@@ -1,0 +1,104 @@
+"""scripts/ship_if_better.py: the rule that decides whether a CPU session's model replaces the shipped one."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ship_if_better.py"
+
+
+@pytest.fixture(scope="module")
+def rule():
+    spec = importlib.util.spec_from_file_location("ship_if_better", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def figures(mad, worst_sd, band=3.0, films=100):
+    return {"mad": mad, "mad_raw": mad, "worst_band_bias": band, "films": films, "worst_sd": worst_sd,
+            "largest": 10 * worst_sd, "precision_films": 20, "families": ["noise", "rotation"],
+            "worst_family": "noise"}
+
+
+def paired(mean, low, high, films=100):
+    return {"films": films, "mean": mean, "low": low, "high": high}
+
+
+SHIPPED = figures(7.43, 15.3)
+
+
+def test_more_precise_and_within_the_margin_ships(rule):
+    ship, why = rule.better(figures(7.59, 2.5), SHIPPED, paired(0.16, 0.05, 0.27))
+    assert ship and "margin" in why and "+0.16" in why
+
+
+def test_more_precise_but_beyond_the_margin_does_not(rule):
+    ship, why = rule.better(figures(7.70, 3.1), SHIPPED, paired(0.27, 0.15, 0.39))
+    assert not ship and "beyond" in why
+
+
+def test_without_answers_per_film_the_point_figures_decide(rule):
+    assert not rule.better(figures(7.59, 2.5), SHIPPED)[0]
+    assert rule.better(figures(7.43, 2.5), SHIPPED)[0]
+
+
+def test_a_worse_age_band_holds_a_precision_gain_back(rule):
+    ship, why = rule.better(figures(7.50, 2.5, band=4.7), figures(7.43, 15.3, band=3.3), paired(0.07, -0.02, 0.16))
+    assert not ship and "band" in why
+
+
+def test_better_mad_with_worse_precision_does_not_ship(rule):
+    ship, why = rule.better(figures(7.00, 16.0), SHIPPED, paired(-0.43, -0.55, -0.30))
+    assert not ship and "precision family worse" in why
+
+
+def test_other_films_are_not_comparable(rule):
+    assert not rule.better(figures(7.0, 2.0, films=90), SHIPPED)[0]
+    assert "per-film" in rule.better(figures(7.0, 2.0), SHIPPED, paired(0.0, -0.1, 0.1, films=50))[1]
+
+
+def write_answers(path: Path, errors: list[float]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "male", "true_months", "answer_months", "corrected_months"])
+        for i, e in enumerate(errors):
+            w.writerow([i, i % 2, 100, 100 + e, 100 + e])
+    return path
+
+
+def test_paired_difference_is_film_by_film(rule, tmp_path):
+    old = write_answers(tmp_path / "old.csv", [(-1) ** i * (i % 7) for i in range(200)])
+    same = rule.paired_difference(old, old)
+    assert same == {"films": 200, "mean": 0.0, "low": 0.0, "high": 0.0}
+    worse = write_answers(tmp_path / "new.csv", [(-1) ** i * (i % 7 + 0.5) for i in range(200)])
+    d = rule.paired_difference(worse, old)
+    assert d["mean"] == pytest.approx(0.5) and d["low"] == pytest.approx(0.5) and d["high"] == pytest.approx(0.5)
+    assert rule.paired_difference(tmp_path / "missing.csv", old) is None
+
+
+def test_main_decides_from_the_files_and_changes_nothing_on_a_dry_run(rule, tmp_path, capsys):
+    def side(name, mad, sd, errors):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "bias.json").write_text(json.dumps({"mad_after": mad, "mad_before": mad, "worst_band_bias_after": 1.0,
+                                                  "films": len(errors)}))
+        (d / "precision.json").write_text(json.dumps({"worst_sd_single": sd, "largest_abs": 5 * sd, "n": 20,
+                                                       "families": {"noise": {"sd_single": sd}}}))
+        write_answers(d / "answers.csv", errors)
+        return d
+
+    old = side("shipped", 7.0, 9.0, [7.0] * 50)
+    new = side("candidate", 7.1, 2.0, [7.1] * 50)
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    code = rule.main(["--candidate", str(tmp_path / "w.pt"), "--candidate-bias", str(new / "bias.json"),
+                      "--candidate-precision", str(new / "precision.json"), "--shipped-bias", str(old / "bias.json"),
+                      "--shipped-precision", str(old / "precision.json"), "--shipped-answers",
+                      str(old / "answers.csv"), "--run", str(tmp_path), "--dry-run"])
+    decision, row = capsys.readouterr().out.splitlines()
+    decision = json.loads(decision)
+    assert code == 0 and decision["ship"] and decision["paired_mad_difference"]["mean"] == pytest.approx(0.1)
+    assert row.startswith("| ") and "**yes**" in row
