@@ -100,11 +100,14 @@ def better(new: dict, old: dict, paired: dict | None = None) -> tuple[bool, str]
         return False, f"worst precision family worse; {mad_why}"
     if not sd_better:
         return False, f"neither better; {mad_why}"
+    failed = []  # every condition of the precision branch that failed, so the row says all of it
     if not mad_non_inferior:
-        return False, (f"MAD worse beyond the {MARGIN} margin; {mad_why}" if paired is not None
-                       else f"MAD worse (no per-film answers for the paired test); {mad_why}")
-    return False, (f"worst age band's bias worse by more than {BAND_SLACK} "
-                   f"({new['worst_band_bias']:.1f} against {old['worst_band_bias']:.1f}); {mad_why}")
+        failed.append(f"MAD worse beyond the {MARGIN} margin" if paired is not None
+                      else "MAD worse (no per-film answers for the paired test)")
+    if not bands_held:
+        failed.append(f"worst age band's bias worse by more than {BAND_SLACK} "
+                      f"({new['worst_band_bias']:.1f} against {old['worst_band_bias']:.1f})")
+    return False, f"{', '.join(failed)}; {mad_why}"
 
 
 def run_summary(run: Path) -> dict:

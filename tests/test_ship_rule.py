@@ -51,6 +51,11 @@ def test_a_worse_age_band_holds_a_precision_gain_back(rule):
     assert not ship and "band" in why
 
 
+def test_the_row_names_every_condition_that_failed(rule):
+    ship, why = rule.better(figures(7.83, 2.9, band=7.0), figures(7.43, 15.3, band=3.3), paired(0.40, 0.29, 0.51))
+    assert not ship and "beyond the 0.3 margin" in why and "7.0 against 3.3" in why
+
+
 def test_better_mad_with_worse_precision_does_not_ship(rule):
     ship, why = rule.better(figures(7.00, 16.0), SHIPPED, paired(-0.43, -0.55, -0.30))
     assert not ship and "precision family worse" in why
