@@ -17,7 +17,11 @@
 #      measured and decided by the same rule (SOUP=0 skips it). Commit what it changed.
 # Stopped, it resumes: run it again with the same WORK; training continues from last.ckpt, finished steps are skipped.
 # Nothing shipped last time? Start from that run instead (INIT=runs/cpu-session/run/best.ckpt, and a lower lr in
-# TRAIN_ARGS): the runs still accumulate, and the shipped model stays the yardstick.
+# TRAIN_ARGS): the runs still accumulate, and the shipped model stays the yardstick. The machine's runs/ can go with
+# the machine, so keep the unshipped candidate in the repository outside its branches (a clone does not fetch it):
+#   T=$(printf '100644 blob %s\tcandidate.pt\n' "$(git hash-object -w runs/cpu-session/candidate.pt)" | git mktree)
+#   git update-ref refs/boneage/last-cpu-run "$(git commit-tree "$T" -m 'last unshipped CPU run: <its figures>')"
+# and start the next session from it: git show refs/boneage/last-cpu-run:candidate.pt > /tmp/last.pt; INIT=/tmp/last.pt
 # Run it in the background, it takes MINUTES plus 25-50 minutes of scoring on 2 cores:
 #   MINUTES=180 nohup bash scripts/cpu_session.sh > cpu-session.log 2>&1 &
 # Tried small first: MINUTES=4 LIMIT=600 PREC_FILMS=8 VAL_LIMIT=120 WORK=/tmp/cpu-try bash scripts/cpu_session.sh
