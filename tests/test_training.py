@@ -94,6 +94,43 @@ def test_resume_continues_the_interrupted_run(synthetic, tmp_path):
     assert not list((tmp_path / "r").glob("*.tmp"))  # atomic writes leave nothing half-written
 
 
+def test_a_weight_average_is_what_is_validated_saved_as_best_and_resumed(synthetic, tmp_path):
+    import lightning as L
+    import torch
+
+    from boneage.config import ModelConfig, Preprocess, TrainConfig
+    from boneage.inference.checkpoint import load_network
+    from boneage.training.datamodule import BoneAgeData
+    from boneage.training.module import BoneAgeModule
+
+    images, labels = synthetic
+    cfg = TrainConfig(images=str(images), labels=str(labels), out=str(tmp_path / "r"), limit=96, ema_decay=0.9,
+                      model=ModelConfig(arch="tiny_cnn"), preprocess=Preprocess(image_size=32), epochs=2,
+                      batch_size=16, lr=3e-3, cache_dir=str(tmp_path / "cache"), precision="32-true")
+    run(cfg, log=lambda m: None)
+    ckpt = torch.load(tmp_path / "r" / "best.ckpt", map_location="cpu", weights_only=True)
+    average, weights = ckpt["state_dict"], ckpt["current_model_state"]
+    assert any(not torch.equal(average[k], weights[k]) for k in average)
+
+    def val_mad(state: dict) -> float:
+        module = BoneAgeModule(ckpt["hyper_parameters"]["config"])
+        module.load_state_dict(state)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        return trainer.validate(module, datamodule=BoneAgeData(cfg, log=lambda m: None), verbose=False)[0]["val_mad"]
+
+    rows = list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))
+    best = min(float(r["val_mad"]) for r in rows)
+    assert val_mad(average) == pytest.approx(best, abs=1e-3)  # the average is what was scored and kept
+    assert val_mad(weights) != pytest.approx(best, abs=1e-3)
+    network = load_network(tmp_path / "r" / "best.ckpt")[0].state_dict()
+    assert all(torch.equal(network[k], average[f"model.{k}"]) for k in network)  # and what inference reads
+    run(config_for_resume(tmp_path / "r", epochs=3), resume=True, log=lambda m: None)
+    assert [int(r["epoch"]) for r in csv.DictReader((tmp_path / "r" / "metrics.csv").open())] == [1, 2, 3]
+    with pytest.raises(UserError, match="ema_decay must be below 1"):
+        run(TrainConfig(images=str(images), labels=str(labels), out=str(tmp_path / "x"), ema_decay=1.0),
+            log=lambda m: None)
+
+
 def test_a_reloaded_checkpoint_predicts_the_same_numbers_in_a_new_process(trained, synthetic):
     import boneage
 

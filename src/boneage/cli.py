@@ -50,6 +50,8 @@ def add_train(sub) -> None:
     g.add_argument("--lr-scaling", choices=["none", "sqrt", "linear"])
     g.add_argument("--schedule", choices=["plateau", "cosine"])
     g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--ema-decay", type=float, help="validate and keep an exponential moving average of the weights "
+                                                   "with this decay per step, e.g. 0.999 (default: off)")
     g = p.add_argument_group("hardware")
     g.add_argument("--accelerator", help="auto, cpu, gpu")
     g.add_argument("--devices", help="number of devices, or auto")

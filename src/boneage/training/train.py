@@ -137,6 +137,7 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     _validate(cfg)
     _check_out(Path(cfg.out), resume)
     _processes(cfg)
+    _weight_average(cfg)
     if _is_extra_process():  # the processes DDP launches besides the first train quietly: one log per run
         log = lambda message: None  # noqa: E731
     with _run_dir_lock(Path(cfg.out), create=not resume):
@@ -171,15 +172,18 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
         cfg.model = replace(cfg.model, age_mean=round(mean, 2), age_std=round(std, 2))
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     log(f"{len(train)} training / {len(val)} validation images; {cfg.model.arch} at {cfg.preprocess.image_size} px; "
-        f"lr {cfg.effective_lr:.3g}, batch {cfg.batch_size}, {cfg.epochs} epochs")
+        f"lr {cfg.effective_lr:.3g}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+        + (f"; validated on the weights' moving average (decay {cfg.ema_decay:g})" if cfg.ema_decay else ""))
 
     module = BoneAgeModule(to_dict(cfg))
     if init is not None:
         module.model.load_state_dict(init[0])
         log(f"starting from the weights of {cfg.init_from}")
     interactive = sys.stderr.isatty()  # a progress bar for people; one line per epoch for logs
+    # With a weight average, only a full save puts the average (the weights validated) into best.ckpt's state_dict.
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_mad", mode="min", save_top_k=1,
-                           save_weights_only=True, enable_version_counter=False, auto_insert_metric_name=False)
+                           save_weights_only=not cfg.ema_decay, enable_version_counter=False,
+                           auto_insert_metric_name=False)
     latest = ModelCheckpoint(dirpath=out, filename="last", every_n_epochs=cfg.checkpoint_every, save_top_k=1,
                              enable_version_counter=False)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banners and tips
@@ -187,7 +191,7 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
         accelerator=cfg.accelerator, devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
         num_nodes=cfg.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.epochs,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        callbacks=[best, latest, EpochCSV(out / "metrics.csv", log), SaveLastAtEnd(last)]
+        callbacks=[best, latest, EpochCSV(out / "metrics.csv", log), SaveLastAtEnd(last)] + _weight_average(cfg)
         + ([TQDMProgressBar(refresh_rate=10)] if interactive else [Heartbeat(log)]),
         enable_progress_bar=interactive,
         plugins=[AtomicCheckpointIO(loaded=(last, checkpoint) if checkpoint else None)], logger=False,
@@ -210,6 +214,20 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
         if best.best_model_score is not None:
             log(f"best validation MAD {float(best.best_model_score):.2f} months -> {out / 'best.ckpt'}")
     return out / "best.ckpt"
+
+
+def _weight_average(cfg: TrainConfig) -> list:
+    """Lightning's weight averaging as an EMA (`ema_decay`), listed after SaveLastAtEnd so that the last checkpoint
+    keeps the weights themselves to resume from before the average replaces them at the end."""
+    if not cfg.ema_decay:
+        return []
+    try:
+        from lightning.pytorch.callbacks import WeightAveraging
+    except ImportError:  # Lightning < 2.5
+        raise UserError("config: ema_decay needs lightning 2.5 or later (pip install -U lightning)") from None
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    return [WeightAveraging(avg_fn=get_ema_avg_fn(cfg.ema_decay))]
 
 
 def _initial_weights(cfg: TrainConfig):
