@@ -116,7 +116,10 @@ def run_summary(run: Path) -> dict:
     seconds = sum(float(r["seconds"] or 0) for r in rows)
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     films = sum(1 for _ in (run / "train.csv").open()) - 1 if (run / "train.csv").is_file() else 0
+    recipe = [f"lr {config['lr']:g}"] if isinstance(config.get("lr"), (int, float)) else []
+    recipe += [f"EMA {config['ema_decay']:g}"] if config.get("ema_decay") else []
     return {"epochs": len(rows), "of": config.get("epochs"), "minutes": round(seconds / 60),
+            "recipe": ", ".join(recipe),
             "images_per_s": round(films * len(rows) / seconds, 1) if seconds else None,
             "best_val": min((float(r["val_mad"]) for r in rows if r["val_mad"]), default=None)}
 
@@ -124,6 +127,7 @@ def run_summary(run: Path) -> dict:
 def history_row(new: dict, old: dict, run: dict, shipped: bool, why: str, label: str) -> str:
     fmt = lambda f: f"{f['mad']:.2f} ({f['mad_raw']:.2f}) / {f['worst_band_bias']:.1f}"  # noqa: E731
     prec = lambda f: f"{f['worst_sd']:.1f} / {f['largest']:.0f} ({f['worst_family']})"  # noqa: E731
+    label += f" ({run['recipe']})" if run.get("recipe") else ""
     return (f"| {datetime.date.today().isoformat()} | {label} | {run['epochs']} of {run['of']} | {run['minutes']} | "
             f"{run['images_per_s']} | {fmt(new)} | {fmt(old)} | {prec(new)} | {prec(old)} | "
             f"{'**yes**' if shipped else 'no'}: {why} |")

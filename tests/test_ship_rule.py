@@ -107,3 +107,11 @@ def test_main_decides_from_the_files_and_changes_nothing_on_a_dry_run(rule, tmp_
     decision = json.loads(decision)
     assert code == 0 and decision["ship"] and decision["paired_mad_difference"]["mean"] == pytest.approx(0.1)
     assert row.startswith("| ") and "**yes**" in row
+
+
+def test_the_row_says_the_runs_learning_rate_and_weight_average(rule, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 8, "lr": 5e-5, "ema_decay": 0.999}))
+    (tmp_path / "metrics.csv").write_text("epoch,train_mad,val_mad,lr,seconds\n1,9.8,7.61,4.8e-05,790\n")
+    (tmp_path / "train.csv").write_text("id,boneage,male\n1,100,True\n")
+    row = rule.history_row(figures(7.5, 2.5), SHIPPED, rule.run_summary(tmp_path), False, "why", "CPU")
+    assert "| CPU (lr 5e-05, EMA 0.999) | 1 of 8 |" in row
