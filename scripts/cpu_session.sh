@@ -19,8 +19,10 @@
 # Nothing shipped last time? Start from that run instead (INIT=runs/cpu-session/run/best.ckpt, and a lower lr in
 # TRAIN_ARGS): the runs still accumulate, and the shipped model stays the yardstick. The machine's runs/ can go with
 # the machine, so keep the unshipped candidate in the repository outside its branches (a clone does not fetch it):
-#   T=$(printf '100644 blob %s\tcandidate.pt\n' "$(git hash-object -w runs/cpu-session/candidate.pt)" | git mktree)
-#   git update-ref refs/boneage/last-cpu-run "$(git commit-tree "$T" -m 'last unshipped CPU run: <its figures>')"
+#   W=runs/cpu-session; O=$(git rev-parse -q --verify refs/boneage/last-cpu-run)  # the earlier runs stay as its parents
+#   T=$(printf '100644 blob %s\t%s\n' "$(git hash-object -w $W/candidate.pt)" candidate.pt \
+#       "$(git hash-object -w $W/run/config.json)" config.json "$(git hash-object -w $W/run/metrics.csv)" metrics.csv | git mktree)
+#   git update-ref refs/boneage/last-cpu-run "$(git commit-tree "$T" ${O:+-p $O} -m 'last unshipped CPU run: <its figures>')"
 # and start the next session from it: git show refs/boneage/last-cpu-run:candidate.pt > /tmp/last.pt; INIT=/tmp/last.pt
 # Run it in the background, it takes MINUTES plus 25-50 minutes of scoring on 2 cores:
 #   MINUTES=180 nohup bash scripts/cpu_session.sh > cpu-session.log 2>&1 &
