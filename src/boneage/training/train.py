@@ -223,8 +223,8 @@ def _weight_average(cfg: TrainConfig) -> list:
         return []
     try:
         from lightning.pytorch.callbacks import WeightAveraging
-    except ImportError:  # Lightning < 2.5
-        raise UserError("config: ema_decay needs lightning 2.5 or later (pip install -U lightning)") from None
+    except ImportError:  # Lightning < 2.6
+        raise UserError("config: ema_decay needs lightning 2.6 or later (pip install -U lightning)") from None
     from torch.optim.swa_utils import get_ema_avg_fn
 
     return [WeightAveraging(avg_fn=get_ema_avg_fn(cfg.ema_decay))]
