@@ -59,13 +59,14 @@ if [ "$VAL_LIMIT" != 0 ]; then head -n $(( VAL_LIMIT + 1 )) "$VAL" > "$WORK/val.
 if [ -f "$RUN/last.ckpt" ] && [ ! -f "$RUN/.done" ]; then
   log "resuming $RUN"
   ba train --resume --out "$RUN" >>"$WORK/log.txt" 2>&1 || log "training exited with $? (scoring what was saved)"
-elif [ ! -f "$RUN/.done" ] && [ -n "$EPOCHS" ]; then
-  # The rate is measured in seconds: another job on the cores at that moment sizes the run to a fraction of the minutes.
-  log "$EPOCHS epochs, as asked (EPOCHS): the loop's rate is not measured"
 elif [ ! -f "$RUN/.done" ]; then
-  RATE=$(ba bench --device cpu --images "$IMAGES" --labels "$LABELS" --limit 256 --steps 3 --no-fp32 2>/dev/null \
-         | python3 -c "import json,sys; print(json.load(sys.stdin)['train_images_per_s'])" 2>/dev/null || echo 8)
-  EPOCHS=$(python3 - "$RATE" "$MINUTES" "$LABELS" "$LIMIT" "$VAL" <<'PY'
+  if [ -n "$EPOCHS" ]; then
+    # The rate is measured in seconds: another job on the cores then sizes the run to a fraction of the minutes.
+    log "$EPOCHS epochs, as asked (EPOCHS): the loop's rate is not measured"
+  else
+    RATE=$(ba bench --device cpu --images "$IMAGES" --labels "$LABELS" --limit 256 --steps 3 --no-fp32 2>/dev/null \
+           | python3 -c "import json,sys; print(json.load(sys.stdin)['train_images_per_s'])" 2>/dev/null || echo 8)
+    EPOCHS=$(python3 - "$RATE" "$MINUTES" "$LABELS" "$LIMIT" "$VAL" <<'PY'
 import sys
 rate, minutes = float(sys.argv[1]), float(sys.argv[2])
 n = sum(1 for _ in open(sys.argv[3])) - 1
@@ -75,9 +76,8 @@ per_epoch = (n - val) / rate + val / (3 * rate) + 30  # training, validation (in
 print(max(1, int(0.9 * minutes * 60 / per_epoch)))
 PY
 )
-  log "training loop at $RATE images/s here: $EPOCHS epochs in $MINUTES minutes"
-fi
-if [ ! -f "$RUN/.done" ] && [ ! -f "$RUN/last.ckpt" ]; then
+    log "training loop at $RATE images/s here: $EPOCHS epochs in $MINUTES minutes"
+  fi
   LIMIT_ARGS=(); [ "$LIMIT" != 0 ] && LIMIT_ARGS=(--limit "$LIMIT")
   [ -n "$INIT" ] && { LIMIT_ARGS+=(--init-from "$INIT"); log "starting from $INIT, not the shipped model"; }
   ba train --config "$RECIPE" --images "$IMAGES" --labels "$LABELS" --out "$RUN" --epochs "$EPOCHS" \

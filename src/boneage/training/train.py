@@ -137,14 +137,14 @@ def run(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     _validate(cfg)
     _check_out(Path(cfg.out), resume)
     _processes(cfg)
-    _weight_average(cfg)
+    averaging = _weight_average(cfg)
     if _is_extra_process():  # the processes DDP launches besides the first train quietly: one log per run
         log = lambda message: None  # noqa: E731
     with _run_dir_lock(Path(cfg.out), create=not resume):
-        return _train(cfg, resume, log)
+        return _train(cfg, resume, log, averaging)
 
 
-def _train(cfg: TrainConfig, resume: bool, log) -> Path:
+def _train(cfg: TrainConfig, resume: bool, log, averaging: list) -> Path:
     out = Path(cfg.out)
     last = out / "last.ckpt"
     checkpoint = None
@@ -191,7 +191,7 @@ def _train(cfg: TrainConfig, resume: bool, log) -> Path:
         accelerator=cfg.accelerator, devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
         num_nodes=cfg.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.epochs,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        callbacks=[best, latest, EpochCSV(out / "metrics.csv", log), SaveLastAtEnd(last)] + _weight_average(cfg)
+        callbacks=[best, latest, EpochCSV(out / "metrics.csv", log), SaveLastAtEnd(last)] + averaging
         + ([TQDMProgressBar(refresh_rate=10)] if interactive else [Heartbeat(log)]),
         enable_progress_bar=interactive,
         plugins=[AtomicCheckpointIO(loaded=(last, checkpoint) if checkpoint else None)], logger=False,
