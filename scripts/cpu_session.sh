@@ -11,7 +11,7 @@
 #   6. the shipped model's figures, measured the same way (once per shipped file, kept in docs/reference-model);
 #   7. scripts/ship_if_better.py: the candidate replaces the shipped model only if
 #        (worst precision family better, MAD not worse beyond a 0.3-month non-inferiority margin on the same films,
-#         worst age band's bias not 0.5 month worse) or (MAD better and worst precision family not worse),
+#         worst age band's bias not 0.5 month worse beyond noise) or (MAD better and worst precision family not worse),
 #      and a row goes into the model card's history either way;
 #   8. when the candidate alone is not shipped: the soup of the shipped network and the candidate (weights averaged),
 #      measured and decided by the same rule (SOUP=0 skips it). Commit what it changed.

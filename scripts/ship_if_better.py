@@ -5,7 +5,8 @@ measured by cross-fitting (`boneage debias`), and the precision of both measured
 (`boneage precision`, sensor noise included), the candidate replaces the shipped model when
 
     (its worst precision family's SD single is better, its MAD is not worse by more than the margin, and its worst
-    age band's |bias| is not worse by more than 0.5 month)  or  (its MAD is better and its worst SD is not worse).
+    age band's |bias| is not worse by more than 0.5 month unless within noise)  or  (its MAD is better and its worst
+    SD is not worse).
 
 "Not worse by more than the margin" is a non-inferiority test on the same films: the upper end of the 95% bootstrap
 interval of the paired difference in MAD (candidate minus shipped, corrected answers, film by film) is at most
@@ -15,6 +16,14 @@ random, SD 2.5-4.5 against 15.3 months) and 0.15-0.3 month worse in MAD, and "no
 kept every one of them out. 0.3 month (9 days) is under 5% of the MAD and a seventh of the spread between two films
 of one hand in clinical software (about 2 months). Without both models' per-film answers the test falls back to the
 point figures (not worse: by at most 0.01, the figures' rounding). Better and worse elsewhere are by at least 0.01.
+
+"Unless within noise" (since 2026-12-07, declared before the run it first decided, run D): a worst age band's |bias|
+more than 0.5 month worse holds the candidate back only when it is worse beyond chance: the lower end of the one-sided
+95% bootstrap bound of the paired difference (both models' corrected answers on the same films, films resampled
+within each age band, the worst band of each model recomputed on every draw) is above 0. The worst band is the 0-2 y
+band, 21 films whose bias has a standard error of about 1.5 months; a fixed 0.5 month on it decided run C (0.53
+worse, paired difference within one standard error) by chance. Run C is not decided again: the rule was written
+knowing its figures. In a band of hundreds of films the bound is tight and the 0.5 slack decides as before.
 The script copies the weights and their figures into place and appends a row to the model card's table of CPU
 sessions; committing is left to the person.
 
@@ -42,7 +51,7 @@ FIGURES = REPO / "docs" / "reference-model"
 MARKER = "<!-- cpu-sessions: rows are appended here by scripts/ship_if_better.py -->"
 TOLERANCE = 0.01
 MARGIN = 0.3        # months: the non-inferiority margin of the MAD (above)
-BAND_SLACK = 0.5    # months: how much worse the worst age band's |bias| may get with a precision gain
+BAND_SLACK = 0.5    # months: how much worse the worst age band's |bias| may get with a precision gain, beyond noise
 
 
 def figures(bias_json: Path, precision_json: Path) -> dict:
@@ -53,14 +62,21 @@ def figures(bias_json: Path, precision_json: Path) -> dict:
             "worst_family": max(precision["families"], key=lambda f: precision["families"][f]["sd_single"])}
 
 
+def _corrected(path: Path) -> tuple[dict, dict]:
+    """{id: true months}, {id: corrected answer} from an answers.csv."""
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {r["id"]: float(r["true_months"]) for r in rows}, {r["id"]: float(r["corrected_months"]) for r in rows}
+
+
 def paired_difference(new_answers: Path, old_answers: Path, resamples: int = 4000, seed: int = 0) -> dict | None:
     """The MAD difference (new minus old, corrected answers) on the films both answered, with its 95% bootstrap
     interval over films; None when a file is missing or they share no film."""
     import numpy as np
 
     def errors(path: Path) -> dict:
-        with path.open() as f:
-            return {r["id"]: abs(float(r["corrected_months"]) - float(r["true_months"])) for r in csv.DictReader(f)}
+        true, corrected = _corrected(path)
+        return {i: abs(corrected[i] - true[i]) for i in true}
 
     if not (new_answers and old_answers and new_answers.is_file() and old_answers.is_file()):
         return None
@@ -75,8 +91,39 @@ def paired_difference(new_answers: Path, old_answers: Path, resamples: int = 400
             "high": round(float(high), 3)}
 
 
-def better(new: dict, old: dict, paired: dict | None = None) -> tuple[bool, str]:
-    """(ship?, why): the rule above. `paired`: paired_difference() of the two models' answers, if known."""
+def paired_band_difference(new_answers: Path, old_answers: Path, resamples: int = 4000, seed: int = 0) -> dict | None:
+    """The worst age band's |bias| (new minus old, corrected answers, the films both answered) and the one-sided 95%
+    lower bound of that difference: films resampled within each band, each model's worst band recomputed per draw.
+    None when a file is missing or they share no film."""
+    import numpy as np
+
+    from boneage.evaluation.metrics import age_bands
+
+    if not (new_answers and old_answers and new_answers.is_file() and old_answers.is_file()):
+        return None
+    (true, new), (_, old) = _corrected(new_answers), _corrected(old_answers)
+    ids = sorted(new.keys() & old.keys())
+    if not ids:
+        return None
+    t = np.array([true[i] for i in ids])
+    err = {"new": np.array([new[i] for i in ids]) - t, "old": np.array([old[i] for i in ids]) - t}
+    rng = np.random.default_rng(seed)
+    bias = {k: [] for k in err}  # per model: one row of band biases per band, one column per draw (column 0: as is)
+    for _, films in age_bands(t):
+        members = np.flatnonzero(films)
+        if not len(members):
+            continue
+        draws = np.concatenate([members[None], rng.choice(members, size=(resamples, len(members)))])
+        for k, e in err.items():
+            bias[k].append(e[draws].mean(axis=1))
+    worst = {k: np.abs(np.array(v)).max(axis=0) for k, v in bias.items()}
+    d = worst["new"] - worst["old"]
+    return {"films": len(ids), "difference": round(float(d[0]), 3), "low": round(float(np.percentile(d[1:], 5)), 3)}
+
+
+def better(new: dict, old: dict, paired: dict | None = None, band: dict | None = None) -> tuple[bool, str]:
+    """(ship?, why): the rule above. `paired`: paired_difference() of the two models' answers, if known; `band`:
+    paired_band_difference() of the same."""
     if new["films"] != old["films"] or new["precision_films"] != old["precision_films"] \
             or new["families"] != old["families"]:
         return False, "not comparable: measured on other films or families"
@@ -89,13 +136,17 @@ def better(new: dict, old: dict, paired: dict | None = None) -> tuple[bool, str]
     else:
         mad_non_inferior = new["mad"] <= old["mad"] + TOLERANCE
         mad_why = f"MAD {new['mad'] - old['mad']:+.2f}"
-    bands_held = abs(new["worst_band_bias"]) <= abs(old["worst_band_bias"]) + BAND_SLACK
+    band_worse = abs(new["worst_band_bias"]) - abs(old["worst_band_bias"])
+    band_noise = band is not None and band["films"] == new["films"] and band["low"] <= 0
+    bands_held = band_worse <= BAND_SLACK or band_noise
+    band_why = (f"; worst band {band_worse:+.2f}, within noise (one-sided 95% bound {band['low']:+.2f})"
+                if band_worse > BAND_SLACK and band_noise else "")
     sd_better = new["worst_sd"] < old["worst_sd"] - TOLERANCE
     sd_not_worse = new["worst_sd"] <= old["worst_sd"] + TOLERANCE
     if mad_better and sd_not_worse:
         return True, f"MAD better, precision not worse; {mad_why}"
     if sd_better and mad_non_inferior and bands_held:
-        return True, f"worst precision family better, MAD within the {MARGIN} margin; {mad_why}"
+        return True, f"worst precision family better, MAD within the {MARGIN} margin; {mad_why}{band_why}"
     if not sd_not_worse:
         return False, f"worst precision family worse; {mad_why}"
     if not sd_better:
@@ -105,8 +156,9 @@ def better(new: dict, old: dict, paired: dict | None = None) -> tuple[bool, str]
         failed.append(f"MAD worse beyond the {MARGIN} margin" if paired is not None
                       else "MAD worse (no per-film answers for the paired test)")
     if not bands_held:
+        beyond = f", one-sided 95% bound {band['low']:+.2f}" if band is not None else ""
         failed.append(f"worst age band's bias worse by more than {BAND_SLACK} "
-                      f"({new['worst_band_bias']:.1f} against {old['worst_band_bias']:.1f})")
+                      f"({new['worst_band_bias']:.1f} against {old['worst_band_bias']:.1f}{beyond})")
     return False, f"{', '.join(failed)}; {mad_why}"
 
 
@@ -156,9 +208,12 @@ def main(argv=None) -> int:
     old = figures(args.shipped_bias, args.shipped_precision)
     paired = paired_difference(args.candidate_answers or args.candidate_bias.with_name("answers.csv"),
                                args.shipped_answers)
-    ship, why = better(new, old, paired)
+    band = paired_band_difference(args.candidate_answers or args.candidate_bias.with_name("answers.csv"),
+                                  args.shipped_answers)
+    ship, why = better(new, old, paired, band)
     row = history_row(new, old, run_summary(args.run), ship, why, args.label)
-    print(json.dumps({"ship": ship, "why": why, "paired_mad_difference": paired, "candidate": new, "shipped": old}))
+    print(json.dumps({"ship": ship, "why": why, "paired_mad_difference": paired, "paired_worst_band": band,
+                      "candidate": new, "shipped": old}))
     print(row)
     if args.dry_run:
         return 0

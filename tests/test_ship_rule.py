@@ -51,6 +51,16 @@ def test_a_worse_age_band_holds_a_precision_gain_back(rule):
     assert not ship and "band" in why
 
 
+def test_a_worse_age_band_within_noise_does_not(rule):
+    new, old = figures(7.50, 2.5, band=3.9), figures(7.43, 15.3, band=3.3)
+    ship, why = rule.better(new, old, paired(0.07, -0.02, 0.16), {"films": 100, "difference": 0.6, "low": -0.9})
+    assert ship and "within noise" in why and "-0.90" in why
+    ship, why = rule.better(new, old, paired(0.07, -0.02, 0.16), {"films": 100, "difference": 0.6, "low": 0.2})
+    assert not ship and "3.9 against 3.3, one-sided 95% bound +0.20" in why
+    # answers per film from other films than the figures' do not count as noise
+    assert not rule.better(new, old, paired(0.07, -0.02, 0.16), {"films": 50, "difference": 0.6, "low": -0.9})[0]
+
+
 def test_the_row_names_every_condition_that_failed(rule):
     ship, why = rule.better(figures(7.83, 2.9, band=7.0), figures(7.43, 15.3, band=3.3), paired(0.40, 0.29, 0.51))
     assert not ship and "beyond the 0.3 margin" in why and "7.0 against 3.3" in why
@@ -83,6 +93,34 @@ def test_paired_difference_is_film_by_film(rule, tmp_path):
     d = rule.paired_difference(worse, old)
     assert d["mean"] == pytest.approx(0.5) and d["low"] == pytest.approx(0.5) and d["high"] == pytest.approx(0.5)
     assert rule.paired_difference(tmp_path / "missing.csv", old) is None
+
+
+def write_aged_answers(path: Path, true: list[float], errors: list[float]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "male", "true_months", "answer_months", "corrected_months"])
+        for i, (t, e) in enumerate(zip(true, errors)):
+            w.writerow([i, i % 2, t, t + e, t + e])
+    return path
+
+
+def test_paired_band_difference_resamples_within_each_band(rule, tmp_path):
+    # 20 infants and 200 older children; the infants are read 3 months young by the old model
+    true = [12.0] * 20 + [100.0] * 200
+    spread = [(-1) ** i * (i % 5) for i in range(220)]
+    old = write_aged_answers(tmp_path / "old.csv", true, [e - 3 * (i < 20) for i, e in enumerate(spread)])
+    same = rule.paired_band_difference(old, old)
+    assert same == {"films": 220, "difference": 0.0, "low": 0.0}
+    # the new model reads every infant one more month young: worse beyond chance, the same shift on every film
+    shifted = write_aged_answers(tmp_path / "shifted.csv", true, [e - 4 * (i < 20) for i, e in enumerate(spread)])
+    d = rule.paired_band_difference(shifted, old)
+    assert d["difference"] == pytest.approx(1.0) and d["low"] == pytest.approx(1.0)
+    # the new model reads the infants 1 month younger on average, but film by film it differs by up to 8 months
+    noisy = write_aged_answers(tmp_path / "noisy.csv", true,
+                               [e - 3 * (i < 20) - (1 + 8 * (-1) ** i) * (i < 20) for i, e in enumerate(spread)])
+    d = rule.paired_band_difference(noisy, old)
+    assert d["difference"] == pytest.approx(1.0) and d["low"] < 0
+    assert rule.paired_band_difference(tmp_path / "missing.csv", old) is None
 
 
 def test_main_decides_from_the_files_and_changes_nothing_on_a_dry_run(rule, tmp_path, capsys):

@@ -26,11 +26,15 @@ def error_summary(pred: np.ndarray, true: np.ndarray, male: np.ndarray) -> dict:
     pred, true, male = np.asarray(pred), np.asarray(true), np.asarray(male, dtype=bool)
     out: dict = summarise(pred, true)
     out["by_sex"] = {"M": summarise(pred[male], true[male]), "F": summarise(pred[~male], true[~male])}
-    out["by_age_band"] = {}
-    for lo, hi in AGE_BANDS_YEARS:
-        sel = (true >= lo * 12) & (true < hi * 12) if hi < 20 else (true >= lo * 12)
-        out["by_age_band"][f"{lo}-{hi}y"] = summarise(pred[sel], true[sel])
+    out["by_age_band"] = {name: summarise(pred[sel], true[sel]) for name, sel in age_bands(true)}
     return out
+
+
+def age_bands(true: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(name, films in it) for each band of true age; the last band takes every age above its start."""
+    true = np.asarray(true, dtype=np.float64)
+    return [(f"{lo}-{hi}y", (true >= lo * 12) & (true < hi * 12) if hi < 20 else (true >= lo * 12))
+            for lo, hi in AGE_BANDS_YEARS]
 
 
 def format_summary(r: dict) -> str:
