@@ -76,12 +76,13 @@ def test_other_films_are_not_comparable(rule):
     assert "per-film" in rule.better(figures(7.0, 2.0), SHIPPED, paired(0.0, -0.1, 0.1, films=50))[1]
 
 
-def write_answers(path: Path, errors: list[float]) -> Path:
+def write_answers(path: Path, errors: list[float], true: list[float] | None = None) -> Path:
+    """An answers.csv: one film per error, at 100 months unless `true` says."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "male", "true_months", "answer_months", "corrected_months"])
-        for i, e in enumerate(errors):
-            w.writerow([i, i % 2, 100, 100 + e, 100 + e])
+        for i, (t, e) in enumerate(zip(true or [100] * len(errors), errors)):
+            w.writerow([i, i % 2, t, t + e, t + e])
     return path
 
 
@@ -95,29 +96,20 @@ def test_paired_difference_is_film_by_film(rule, tmp_path):
     assert rule.paired_difference(tmp_path / "missing.csv", old) is None
 
 
-def write_aged_answers(path: Path, true: list[float], errors: list[float]) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "male", "true_months", "answer_months", "corrected_months"])
-        for i, (t, e) in enumerate(zip(true, errors)):
-            w.writerow([i, i % 2, t, t + e, t + e])
-    return path
-
-
 def test_paired_band_difference_resamples_within_each_band(rule, tmp_path):
     # 20 infants and 200 older children; the infants are read 3 months young by the old model
     true = [12.0] * 20 + [100.0] * 200
     spread = [(-1) ** i * (i % 5) for i in range(220)]
-    old = write_aged_answers(tmp_path / "old.csv", true, [e - 3 * (i < 20) for i, e in enumerate(spread)])
+    old = write_answers(tmp_path / "old.csv", [e - 3 * (i < 20) for i, e in enumerate(spread)], true)
     same = rule.paired_band_difference(old, old)
     assert same == {"films": 220, "difference": 0.0, "low": 0.0}
     # the new model reads every infant one more month young: worse beyond chance, the same shift on every film
-    shifted = write_aged_answers(tmp_path / "shifted.csv", true, [e - 4 * (i < 20) for i, e in enumerate(spread)])
+    shifted = write_answers(tmp_path / "shifted.csv", [e - 4 * (i < 20) for i, e in enumerate(spread)], true)
     d = rule.paired_band_difference(shifted, old)
     assert d["difference"] == pytest.approx(1.0) and d["low"] == pytest.approx(1.0)
     # the new model reads the infants 1 month younger on average, but film by film it differs by up to 8 months
-    noisy = write_aged_answers(tmp_path / "noisy.csv", true,
-                               [e - 3 * (i < 20) - (1 + 8 * (-1) ** i) * (i < 20) for i, e in enumerate(spread)])
+    noisy = write_answers(tmp_path / "noisy.csv",
+                          [e - 3 * (i < 20) - (1 + 8 * (-1) ** i) * (i < 20) for i, e in enumerate(spread)], true)
     d = rule.paired_band_difference(noisy, old)
     assert d["difference"] == pytest.approx(1.0) and d["low"] < 0
     assert rule.paired_band_difference(tmp_path / "missing.csv", old) is None
