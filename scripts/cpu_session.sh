@@ -115,7 +115,8 @@ score candidate "$WORK/candidate-int8.pt"
 
 # 6. the shipped model's figures, the same way (kept with its checksum; measured again when it changed)
 SHIPPED=src/boneage/weights/boneage-reference.pt; FIG=docs/reference-model
-SUM="$(sha256sum "$SHIPPED" | cut -c1-64) films=$PREC_FILMS val=$(sha256sum "$VAL" | cut -c1-16)"
+figures_sum() { echo "$(sha256sum "$SHIPPED" | cut -c1-64) films=$PREC_FILMS val=$(sha256sum "$VAL" | cut -c1-16)"; }
+SUM=$(figures_sum)
 if [ "$(cat "$FIG/figures.sha256" 2>/dev/null)" != "$SUM" ]; then
   log "measuring the shipped model the same way"
   cp "$SHIPPED" "$WORK/shipped-int8.pt"
@@ -140,9 +141,12 @@ ship() {  # NAME LABEL -> $WORK/ship-NAME.txt: the decision's JSON line and the 
     --shipped-precision "$SHIPPED_PREC" --shipped-answers "$SHIPPED_ANSWERS" --run "$RUN" --label "$2" "${DRY[@]}" \
     > "$WORK/ship-$1.txt"
   tee -a "$WORK/log.txt" < "$WORK/ship-$1.txt"
+  # shipped: the figures the script copied into place belong to the new file now, so the next session reuses them
+  [ "$(decision "$1")" = True ] && [ "$VAL_LIMIT" = 0 ] && figures_sum > "$FIG/figures.sha256"
 }
+decision() { head -n 1 "$WORK/ship-$1.txt" | python3 -c "import json,sys; print(json.load(sys.stdin)['ship'])"; }
 ship candidate CPU
-SHIPPED_IT=$(head -n 1 "$WORK/ship-candidate.txt" | python3 -c "import json,sys; print(json.load(sys.stdin)['ship'])")
+SHIPPED_IT=$(decision candidate)
 
 # 8. not better alone: the soup of the shipped network and the run's best epoch (their weights averaged, int8
 # re-calibrated), measured and decided the same way. A run that trades MAD for precision and the network it started
