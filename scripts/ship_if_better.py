@@ -18,12 +18,14 @@ of one hand in clinical software (about 2 months). Without both models' per-film
 point figures (not worse: by at most 0.01, the figures' rounding). Better and worse elsewhere are by at least 0.01.
 
 "Unless within noise" (since 2026-12-07, declared before the run it first decided, run D): a worst age band's |bias|
-more than 0.5 month worse holds the candidate back only when it is worse beyond chance: the lower end of the one-sided
-95% bootstrap bound of the paired difference (both models' corrected answers on the same films, films resampled
-within each age band, the worst band of each model recomputed on every draw) is above 0. The worst band is the 0-2 y
+more than 0.5 month worse holds the candidate back only when it is worse beyond chance: the one-sided 95% lower bound
+of the paired difference (bootstrap: both models' corrected answers on the same films, films resampled within each
+age band, the worst band of each model recomputed on every draw) is above 0. The worst band is the 0-2 y
 band, 21 films whose bias has a standard error of about 1.5 months; a fixed 0.5 month on it decided run C (0.53
 worse, paired difference within one standard error) by chance. Run C is not decided again: the rule was written
-knowing its figures. In a band of hundreds of films the bound is tight and the 0.5 slack decides as before.
+knowing its figures. In a band of hundreds of films the bound is tight and the 0.5 slack decides as before; without
+per-film answers the 0.5 alone decides.
+
 The script copies the weights and their figures into place and appends a row to the model card's table of CPU
 sessions; committing is left to the person.
 
