@@ -113,9 +113,12 @@ score() {  # NAME INT8_WEIGHTS -> $WORK/NAME.pt, $WORK/bias-NAME/, $WORK/precisi
 }
 score candidate "$WORK/candidate-int8.pt"
 
-# 6. the shipped model's figures, the same way (kept with its checksum; measured again when it changed)
+# 6. the shipped model's figures, the same way (kept with its checksum; measured again when it changed, or the code
+# that scores it did: a change to the bias correction's fit must not compare a candidate against stale figures)
 SHIPPED=src/boneage/weights/boneage-reference.pt; FIG=docs/reference-model
-figures_sum() { echo "$(sha256sum "$SHIPPED" | cut -c1-64) films=$PREC_FILMS val=$(sha256sum "$VAL" | cut -c1-16)"; }
+SCORING=(src/boneage/evaluation/bias.py src/boneage/evaluation/metrics.py src/boneage/evaluation/precision.py)
+figures_sum() { echo "$(sha256sum "$SHIPPED" | cut -c1-64) films=$PREC_FILMS val=$(sha256sum "$VAL" | cut -c1-16)" \
+  "scoring=$(cat "${SCORING[@]}" | sha256sum | cut -c1-16)"; }
 SUM=$(figures_sum)
 if [ "$(cat "$FIG/figures.sha256" 2>/dev/null)" != "$SUM" ]; then
   log "measuring the shipped model the same way"
