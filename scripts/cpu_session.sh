@@ -66,13 +66,17 @@ elif [ ! -f "$RUN/.done" ]; then
   else
     RATE=$(ba bench --device cpu --images "$IMAGES" --labels "$LABELS" --limit 256 --steps 3 --no-fp32 2>/dev/null \
            | python3 -c "import json,sys; print(json.load(sys.stdin)['train_images_per_s'])" 2>/dev/null || echo 8)
-    EPOCHS=$(python3 - "$RATE" "$MINUTES" "$LABELS" "$LIMIT" "$VAL" <<'PY'
-import sys
+    EPOCHS=$(python3 - "$RATE" "$MINUTES" "$LABELS" "$LIMIT" "$VAL" "$RECIPE" "$TRAIN_ARGS" <<'PY'
+import json, sys
 rate, minutes = float(sys.argv[1]), float(sys.argv[2])
 n = sum(1 for _ in open(sys.argv[3])) - 1
 n = min(n, int(sys.argv[4])) if int(sys.argv[4]) else n
 val = sum(1 for _ in open(sys.argv[5])) - 1
-per_epoch = (n - val) / rate + val / (3 * rate) + 30  # training, validation (inference ~3x faster), saving
+args = sys.argv[7].split()
+weight = float(args[args.index("--consistency") + 1]) if "--consistency" in args else \
+    json.load(open(sys.argv[6])).get("consistency", 0)
+views = 2 if weight else 1  # with consistency every film is trained as two views: twice the images per epoch
+per_epoch = views * (n - val) / rate + val / (3 * rate) + 30  # training, validation (inference ~3x faster), saving
 print(max(1, int(0.9 * minutes * 60 / per_epoch)))
 PY
 )

@@ -66,6 +66,34 @@ def test_framings_train_on_each_film_as_is_and_framed_before_the_crop(synthetic,
     assert len(list((tmp_path / "cache").glob("*.json"))) == 3  # the films as is, and two framed versions
 
 
+def test_consistency_trains_each_film_as_two_views_and_records_their_gap(synthetic, tmp_path):
+    import torch
+
+    from boneage.config import ModelConfig, Preprocess, TrainConfig
+    from boneage.training.datamodule import BoneAgeData
+    from boneage.training.module import consistency_gap
+
+    assert consistency_gap(torch.tensor([10.0, 14.0, 7.0, 7.0])) == 2.0  # pairs (10, 14) and (7, 7)
+    images, labels = synthetic
+    cfg = TrainConfig(images=str(images), labels=str(labels), out=str(tmp_path / "r"), limit=96, framings=1,
+                      consistency=1.0, model=ModelConfig(arch="tiny_cnn"), preprocess=Preprocess(image_size=32),
+                      epochs=3, batch_size=16, lr=3e-3, cache_dir=str(tmp_path / "cache"), precision="32-true")
+    data = BoneAgeData(cfg, log=lambda m: None)
+    train, _ = data.load_split(save=False)
+    loader = iter(data.train_dataloader())
+    batches = [next(loader) for _ in range(4)]
+    images_, male, age = batches[0]
+    assert len(age) == 16 and torch.equal(age[0::2], age[1::2]) and torch.equal(male[0::2], male[1::2])
+    # each copy draws its own version: somewhere a pair is the film as is and its framing
+    assert any(not torch.equal(b[0][0::2], b[0][1::2]) for b in batches)
+    assert len(data.train_dataloader()) == len(train) // 8  # an epoch is every film once, as a pair
+    run(cfg, log=lambda m: None)
+    gaps = [float(r["train_gap"]) for r in csv.DictReader((tmp_path / "r" / "metrics.csv").open())]
+    assert len(gaps) == 3 and all(g > 0 for g in gaps)
+    with pytest.raises(UserError, match="batch_size must be even"):
+        TrainConfig(images=str(images), labels=str(labels), consistency=1.0, batch_size=15).validate()
+
+
 def test_a_run_folder_holds_config_split_metrics_checkpoints_and_curves(trained):
     for name in ("config.json", "train.csv", "val.csv", "metrics.csv", "best.ckpt", "last.ckpt", "curves.png"):
         assert (trained / name).is_file(), name
@@ -200,6 +228,9 @@ def test_heartbeat_says_where_a_long_epoch_is_without_syncing_every_step():
     beat.on_train_epoch_start(trainer, None)  # a new epoch starts its own running mean
     beat.on_train_batch_end(trainer, None, torch.tensor(1.0), batch, 0)
     assert "train MAD so far 1.00" in lines[-1]
+    paired = SimpleNamespace(cfg=SimpleNamespace(consistency=1.0))  # the loss is no longer the MAD alone
+    beat.on_train_batch_end(trainer, paired, torch.tensor(3.0), batch, 1)
+    assert "train loss (MAD + gap) so far 2.00" in lines[-1]
 
 
 @pytest.mark.slow

@@ -52,6 +52,9 @@ def add_train(sub) -> None:
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--ema-decay", type=float, help="validate and keep an exponential moving average of the weights "
                                                    "with this decay per step, e.g. 0.999 (default: off)")
+    g.add_argument("--consistency", type=float, help="train each film as two views in its batch and add this weight x "
+                                                     "the |difference| of their answers to the loss, e.g. 1 (default: "
+                                                     "off)")
     g = p.add_argument_group("hardware")
     g.add_argument("--accelerator", help="auto, cpu, gpu")
     g.add_argument("--devices", help="number of devices, or auto")

@@ -188,6 +188,14 @@ class TrainConfig:
     framing_rotate_deg: float = 15.0
     framing_margin: float = 0.25
     framing_zoom: float = 0.15
+    # Consistency between two views of one film (0: off). Each training film appears twice in its batch, each copy
+    # with its own draw of version (framing) and augmentation, and the loss adds `consistency` x the mean |difference|
+    # of the two answers: precision (the same film framed, rotated or noised otherwise gets the same answer) taught
+    # directly, where the L1 to the label alone is as content with errors of -3 and +3 months as with two of +3.
+    # Per pair the loss is (|e1| + |e2|) / 2 + consistency x |e1 - e2| (e: answer - label): at 0.5 it is the larger
+    # error of the two when both err the same way; above 0.5 the two answers are pulled together harder than toward the
+    # label. A batch holds batch_size / 2 films, and an epoch (every film once, as a pair) takes twice the steps.
+    consistency: float = 0.0
     # hardware
     accelerator: str = "auto"
     devices: str | int = "auto"
@@ -240,6 +248,9 @@ class TrainConfig:
                             f"{self.preprocess.intensity!r} with clip_limit {self.preprocess.clip_limit:g}")
         if not 0 <= self.balance <= 1:
             raise UserError(f"{where}: balance must be between 0 and 1, not {self.balance}")
+        if self.consistency and (self.batch_size < 4 or self.batch_size % 2):
+            raise UserError(f"{where}: consistency pairs the films of a batch: batch_size must be even and at least 4, "
+                            f"not {self.batch_size}")
 
 
 MAX_SEED = 2**32 - 1  # numpy's seeds
@@ -258,8 +269,8 @@ _NUMBER_RANGES = (
     ("brightness", 0, True), ("gamma", 0, True), ("rotate_deg", 0, True), ("scale", 0, True), ("translate", 0, True),
     ("low_res", 0, True), ("blur", 0, True), ("noise", 0, True), ("film_noise", 0, True), ("ema_decay", 0, True),
     ("framings", 0, True), ("framing_rotate_deg", 0, True), ("framing_margin", 0, True), ("framing_zoom", 0, True),
-    ("num_nodes", 1, True), ("num_workers", 0, True), ("max_minutes", 0, False), ("checkpoint_every", 1, True),
-    ("val_fraction", 0, False),
+    ("consistency", 0, True), ("num_nodes", 1, True), ("num_workers", 0, True), ("max_minutes", 0, False),
+    ("checkpoint_every", 1, True), ("val_fraction", 0, False),
 )
 
 

@@ -42,7 +42,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class EpochCSV(L.Callback):
     """RUN_DIR/metrics.csv: one row per epoch. Appends on resume, so the curve of an interrupted run is whole."""
 
-    FIELDS = ["epoch", "train_mad", "val_mad", "lr", "seconds"]
+    FIELDS = ["epoch", "train_mad", "val_mad", "lr", "seconds", "train_gap"]
 
     def __init__(self, path: Path, log=print):
         self.path, self._print = path, log
@@ -61,12 +61,16 @@ class EpochCSV(L.Callback):
             "val_mad": f"{float(m['val_mad']):.4f}" if "val_mad" in m else "",
             "lr": f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}",
             "seconds": f"{time.perf_counter() - self._start:.1f}",
+            "train_gap": f"{float(m['train_gap']):.4f}" if "train_gap" in m else "",  # with consistency
         }
         self._print(f"epoch {row['epoch']}/{trainer.max_epochs}: train MAD {row['train_mad']}, "
-                    f"val MAD {row['val_mad']}, lr {row['lr']}, {row['seconds']} s")
+                    + (f"gap between the two views {row['train_gap']}, " if row["train_gap"] else "")
+                    + f"val MAD {row['val_mad']}, lr {row['lr']}, {row['seconds']} s")
         new = not self.path.exists()
+        # A resumed run keeps the columns its file started with (one written before train_gap existed, too).
+        fields = self.FIELDS if new else self.path.open().readline().strip().split(",")
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, self.FIELDS)
+            w = csv.DictWriter(f, fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)
@@ -96,8 +100,10 @@ class Heartbeat(L.Callback):
         total = trainer.num_training_batches
         left = f", about {(total - batch_idx - 1) * elapsed / (batch_idx + 1) / 60:.0f} min to the epoch's end" \
             if isinstance(total, int) else ""
+        # With consistency the loss is the MAD plus the weighted gap between each film's two views.
+        what = "train loss (MAD + gap)" if getattr(getattr(pl_module, "cfg", None), "consistency", 0) else "train MAD"
         self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: step {batch_idx + 1}/{total}, "
-                    f"{self._images / elapsed:.1f} images/s, train MAD so far {float(self._loss) / self._steps:.2f}"
+                    f"{self._images / elapsed:.1f} images/s, {what} so far {float(self._loss) / self._steps:.2f}"
                     f"{left}")
 
 

@@ -30,23 +30,26 @@ from boneage.data.store import open_store
 class TensorBatches(Dataset):
     """Indexed by a list of indices: returns the whole batch (images (B, 1, S, S) uint8, male (B,), age (B,)).
     `images` is (N, S, S), or (V, N, S, S) for V versions of each film (as is, then its framings): each sample of a
-    batch is drawn as one of its versions."""
+    batch is drawn as one of its versions. `pairs`: each index is returned twice in a row, each copy with its own
+    draw of version (the consistency pairs: rows 2k and 2k + 1 are one film)."""
 
-    def __init__(self, images: torch.Tensor, male: torch.Tensor, age: torch.Tensor):
-        self.images, self.male, self.age = images, male, age
+    def __init__(self, images: torch.Tensor, male: torch.Tensor, age: torch.Tensor, pairs: bool = False):
+        self.images, self.male, self.age, self.pairs = images, male, age, pairs
 
     def __len__(self) -> int:
         return len(self.age)
 
     def __getitem__(self, idx: list[int]):
         i = torch.as_tensor(idx, device=self.age.device)
+        if self.pairs:
+            i = i.repeat_interleave(2)
         if self.images.ndim == 4:
             version = torch.randint(self.images.shape[0], (len(i),), device=i.device)
             return self.images[version, i].unsqueeze(1), self.male[i], self.age[i]
         return self.images[i].unsqueeze(1), self.male[i], self.age[i]
 
     def to(self, device) -> TensorBatches:
-        return TensorBatches(self.images.to(device), self.male.to(device), self.age.to(device))
+        return TensorBatches(self.images.to(device), self.male.to(device), self.age.to(device), self.pairs)
 
 
 class EpochBatchSampler(BatchSampler):
@@ -64,7 +67,7 @@ def age_balance_weights(age_months: torch.Tensor, power: float) -> torch.Tensor:
     return counts[years] ** -power
 
 
-def _tensors(records: list[LabelRow], store, framed: list = ()) -> TensorBatches:
+def _tensors(records: list[LabelRow], store, framed: list = (), pairs: bool = False) -> TensorBatches:
     """The records' films from `store`, and from each framed store (by id) as further versions of them."""
     def gather(s):  # one gather from the memory map: (N, S, S)
         index = s.index
@@ -82,7 +85,7 @@ def _tensors(records: list[LabelRow], store, framed: list = ()) -> TensorBatches
         images = versions
     male = torch.tensor([float(r.male) for r in records])
     age = torch.tensor([r.age_months for r in records])
-    return TensorBatches(images, male, age)
+    return TensorBatches(images, male, age, pairs)
 
 
 class BoneAgeData(L.LightningDataModule):
@@ -109,7 +112,8 @@ class BoneAgeData(L.LightningDataModule):
         if save:
             save_split(train, val, Path(cfg.out))
         framed = [self._framed(train, v) for v in range(1, cfg.framings + 1)]
-        self.train_set, self.val_set = _tensors(train, store, framed), _tensors(val, store)
+        self.train_set = _tensors(train, store, framed, pairs=cfg.consistency > 0)
+        self.val_set = _tensors(val, store)
         age = self.train_set.age
         self.age_stats = (float(age.mean()), float(age.std()) if len(age) > 1 else 0.0)  # too few: refused later
         return train, val
@@ -148,9 +152,12 @@ class BoneAgeData(L.LightningDataModule):
             sampler = WeightedRandomSampler(age_balance_weights(data.age, self.cfg.balance), len(data))
         else:
             sampler = RandomSampler(data) if train else SequentialSampler(data)
+        # Indices per batch: films, each of which comes back twice when paired (batch_size counts images).
         batch_size = self.cfg.batch_size if train else self.cfg.batch_size * 2
+        if data.pairs:
+            batch_size //= 2
         # Drop a ragged last training batch only when there are full ones: a 1-image BatchNorm batch is noise.
-        drop_last = train and len(data) > self.cfg.batch_size
+        drop_last = train and len(data) > batch_size
         on_gpu = data.age.device.type == "cuda"
         return DataLoader(data, sampler=EpochBatchSampler(sampler, batch_size, drop_last), batch_size=None,
                           num_workers=0 if on_gpu else self.cfg.num_workers, pin_memory=not on_gpu and

@@ -30,6 +30,12 @@ def prepare_batch(images: torch.Tensor, cfg: TrainConfig, train: bool) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
+def consistency_gap(pred: torch.Tensor) -> torch.Tensor:
+    """Answers (2B,), rows 2k and 2k + 1 two views of one film -> the mean |difference| within the pairs, months."""
+    a, b = pred.reshape(-1, 2).unbind(1)
+    return (a - b).abs().mean()
+
+
 class BoneAgeModule(L.LightningModule):
     def __init__(self, config: dict):
         """`config` is `to_dict(TrainConfig)`: plain data, so checkpoints load with weights_only=True."""
@@ -52,8 +58,13 @@ class BoneAgeModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, male, age = batch
-        loss = F.l1_loss(self(x, male).float(), age.float())
+        pred = self(x, male).float()
+        loss = F.l1_loss(pred, age.float())
         self.log("train_mad", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(age), sync_dist=True)
+        if self.cfg.consistency:
+            gap = consistency_gap(pred)
+            self.log("train_gap", gap, on_step=False, on_epoch=True, batch_size=len(age) // 2, sync_dist=True)
+            loss = loss + self.cfg.consistency * gap
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

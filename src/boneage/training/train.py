@@ -173,7 +173,8 @@ def _train(cfg: TrainConfig, resume: bool, log, averaging: list) -> Path:
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     log(f"{len(train)} training / {len(val)} validation images; {cfg.model.arch} at {cfg.preprocess.image_size} px; "
         f"lr {cfg.effective_lr:.3g}, batch {cfg.batch_size}, {cfg.epochs} epochs"
-        + (f"; validated on the weights' moving average (decay {cfg.ema_decay:g})" if cfg.ema_decay else ""))
+        + (f"; validated on the weights' moving average (decay {cfg.ema_decay:g})" if cfg.ema_decay else "")
+        + (f"; each film as two views, their gap weighted {cfg.consistency:g}" if cfg.consistency else ""))
 
     module = BoneAgeModule(to_dict(cfg))
     if init is not None:
