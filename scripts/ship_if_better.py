@@ -172,9 +172,11 @@ def run_summary(run: Path) -> dict:
     films = sum(1 for _ in (run / "train.csv").open()) - 1 if (run / "train.csv").is_file() else 0
     recipe = [f"lr {config['lr']:g}"] if isinstance(config.get("lr"), (int, float)) else []
     recipe += [f"EMA {config['ema_decay']:g}"] if config.get("ema_decay") else []
+    recipe += [f"consistency {config['consistency']:g}"] if config.get("consistency") else []
+    views = 2 if config.get("consistency") else 1  # each film goes through the step as two versions
     return {"epochs": len(rows), "of": config.get("epochs"), "minutes": round(seconds / 60),
             "recipe": ", ".join(recipe),
-            "images_per_s": round(films * len(rows) / seconds, 1) if seconds else None,
+            "images_per_s": round(views * films * len(rows) / seconds, 1) if seconds else None,
             "best_val": min((float(r["val_mad"]) for r in rows if r["val_mad"]), default=None)}
 
 

@@ -145,3 +145,11 @@ def test_the_row_says_the_runs_learning_rate_and_weight_average(rule, tmp_path):
     (tmp_path / "train.csv").write_text("id,boneage,male\n1,100,True\n")
     row = rule.history_row(figures(7.5, 2.5), SHIPPED, rule.run_summary(tmp_path), False, "why", "CPU")
     assert "| CPU (lr 5e-05, EMA 0.999) | 1 of 8 |" in row
+
+
+def test_the_row_says_consistency_and_counts_both_versions_of_each_film(rule, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 4, "lr": 4e-5, "consistency": 1.0}))
+    (tmp_path / "metrics.csv").write_text("epoch,train_mad,val_mad,lr,seconds\n1,9.8,7.61,4.8e-05,100\n")
+    (tmp_path / "train.csv").write_text("id,boneage,male\n" + "".join(f"{i},100,True\n" for i in range(700)))
+    row = rule.history_row(figures(7.5, 2.5), SHIPPED, rule.run_summary(tmp_path), False, "why", "CPU")
+    assert "| CPU (lr 4e-05, consistency 1) | 1 of 4 | 2 | 14.0 |" in row
