@@ -12,7 +12,7 @@ from PIL import Image
 from boneage.config import ModelConfig, ModelSpec, Preprocess, TrainConfig
 from boneage.data.crop import hand_box
 from boneage.data.intensity import equalize, equalize_clipped
-from boneage.data.preprocess import preprocess_gray
+from boneage.data.preprocess import model_region, preprocess_gray
 from boneage.data.synthetic import hand_phantom
 from boneage.errors import UserError
 
@@ -55,6 +55,46 @@ def test_a_wider_margin_or_another_position_gives_nearly_the_same_model_input():
         cut = np.abs(preprocess_gray(other, pp).astype(float) - preprocess_gray(base, pp)).mean()
         whole = np.abs(preprocess_gray(other, plain).astype(float) - preprocess_gray(base, plain)).mean()
         assert cut < 12 and cut < whole / 3, (cut, whole)
+
+
+def _on_a_plate(angle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A hand lying on a plate a little brighter than the dark film around it (the detector's field, a film
+    photographed on a light box), the film rotated by `angle`; and where the hand's tissue is."""
+    from scipy import ndimage
+
+    phantom = hand_phantom(260, 200, seed=1)
+    film = np.full((420, 380), 15.0, dtype=np.float32)
+    film[40:380, 50:330] = 80.0  # the plate, much larger than the hand
+    top, left = 380 - 260, 110  # the forearm runs to the plate's lower edge
+    film[top:380, left : left + 200] = np.maximum(80.0, phantom * 200 + 20)
+    tissue = np.zeros(film.shape, dtype=bool)
+    tissue[top:380, left : left + 200] = phantom * 200 + 20 > 100
+    if angle:
+        film = ndimage.rotate(film, angle, reshape=False, order=1, cval=15.0)
+        tissue = ndimage.rotate(tissue.astype(np.float32), angle, reshape=False, order=0) > 0.5
+    return film, tissue
+
+
+@pytest.mark.parametrize("angle", [0.0, 10.0, -15.0])
+def test_on_a_plate_the_rule_hand_in_plate_cuts_to_the_hand_and_the_rule_hand_to_the_plate(angle):
+    film, tissue = _on_a_plate(angle)
+    plate_area = 340 * 280
+    area = lambda box: (box[1] - box[0]) * (box[3] - box[2])  # noqa: E731
+    assert area(hand_box(film)) > 0.9 * plate_area  # "hand", the rule shipped networks learnt: the plate's box
+    bt, bb, bl, br = box = model_region(film, Preprocess(crop="hand-in-plate"))
+    assert box == hand_box(film, plate=True)
+    rows, cols = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
+    slack = 6  # pixels: the hand's soft edge, found on a 128-pixel copy of the film
+    assert bt <= rows[0] + slack and bb >= rows[-1] - slack and bl <= cols[0] + slack and br >= cols[-1] - slack
+    assert area(box) < 0.7 * plate_area  # the plate's empty field is left out
+
+
+def test_without_a_plate_both_rules_give_the_same_box():
+    for seed in range(3):
+        film = hand_phantom(300, 240, seed=seed) * 200 + 20  # a hand on a dark film, nothing around it
+        assert hand_box(film, plate=True) == hand_box(film)
+    with pytest.raises(UserError, match="hand-in-plate"):
+        Preprocess(crop="plate")
 
 
 def test_a_blank_or_tiny_film_is_kept_whole():

@@ -36,7 +36,8 @@ def add_train(sub) -> None:
     g.add_argument("--cache-dir", help="where decoded image stores live (default ~/.cache/boneage)")
     g.add_argument("--image-size", type=int, help="input side in pixels (299)")
     g.add_argument("--intensity", choices=["equalize", "percentile", "none"])
-    g.add_argument("--crop", choices=["none", "hand"], help="cut each film to the hand before resizing")
+    g.add_argument("--crop", choices=["none", "hand", "hand-in-plate"],
+                   help="cut each film to the hand before resizing")
     g.add_argument("--val-ids", help="label CSV whose ids are the validation set (e.g. docs/reference-model/val.csv)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="trunk: inception_v3, resnet101, ... (see `boneage models`)")

@@ -30,7 +30,9 @@ class Preprocess:
     channels: int = 3  # the gray image repeated, so ImageNet-shaped trunks take it unchanged
     resize: str = "stretch"  # "stretch": squeeze to a square, as the RSNA copy was made; "pad": keep aspect, pad
     # "hand": cut the film to the hand's bounding box before resizing, so margins, framing and the hand's position on
-    # the film stop mattering; "none": the whole film (the first reference model). See `boneage.data.crop`.
+    # the film stop mattering; "hand-in-plate": the same, and on a film whose bright region is a plate (the detector's
+    # field, a light box) the hand inside the plate; "none": the whole film (the first reference model).
+    # See `boneage.data.crop`.
     crop: str = "none"
     # Per-image intensity normalisation. "equalize" (histogram equalisation) maps any strictly increasing change of
     # gray levels (contrast, brightness, gamma, 16-bit windowing) to the same image; see benchmarks/intensity.py.
@@ -47,8 +49,8 @@ class Preprocess:
         check_types(self, "preprocess")
         if self.resize not in ("stretch", "pad"):
             raise UserError(f"preprocess: resize must be 'stretch' or 'pad', not {self.resize!r}")
-        if self.crop not in ("none", "hand"):
-            raise UserError(f"preprocess: crop must be 'none' or 'hand', not {self.crop!r}")
+        if self.crop not in ("none", "hand", "hand-in-plate"):
+            raise UserError(f"preprocess: crop must be 'none', 'hand' or 'hand-in-plate', not {self.crop!r}")
         if self.clip_limit < 0 or 0 < self.clip_limit < 1:
             raise UserError(f"preprocess: clip_limit must be 0 (off) or at least 1, not {self.clip_limit}")
         if self.intensity not in ("equalize", "percentile", "none"):

@@ -6,7 +6,10 @@ first removes that. The box is found on a small, smoothed, rank-normalised copy 
 not move it): pixels brighter than a threshold between the background and Otsu's split, or on a sharp edge (a dim
 finger on a vignetted film), closed so that bones separated by joint spaces form one region. The largest region and
 any at least `KEEP` of its size are the hand (side markers and labels are smaller); a box under `MIN_BOX` of the film
-keeps the whole film.
+keeps the whole film. With `plate=True` (the crop "hand-in-plate"), a convex region is not a hand but the plate it lies
+on (the detector's field on a padded film, a film photographed on a light box): the hand is looked for again inside the
+plate, against the plate's own gray, without the plate's edges. A model is trained and used with one of the two rules
+(its preprocessing says which), so the rule a network learnt on never changes under it.
 
 Cutting a stretched copy of a film to the box and stretching again gives the same pixels, scale for scale, as cutting
 the original and stretching once: resizing is separable per axis. So a model trained on the squeezed RSNA copies sees
@@ -18,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from boneage.data.intensity import equalize_clipped
 
@@ -27,6 +31,10 @@ THRESHOLD = 0.35  # between the background (0) and Otsu's split (1): low enough 
 EDGE = 0.06  # gradient magnitude (of the 1st-99th percentile range, per pixel of the small copy) that counts as an edge
 KEEP = 0.15  # regions at least this share of the largest belong to the hand too (fingers cut off by a thin joint)
 MIN_BOX = 0.02  # of the film: a smaller box is a side marker or a label, not a hand; keep the film
+PLATE = 0.95  # solidity (area / convex hull's) above which the bright region is a plate, not a hand
+PLATE_THRESHOLD = 0.6  # THRESHOLD inside a plate
+PLATE_HAND = 0.15  # of the plate's box: a smaller bright region inside it is a marker, not the hand
+PLATE_SMALLER = 0.85  # of the plate's box: a larger one is the plate's whole field; keep the plate's box
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
@@ -43,7 +51,65 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
     return float(centres[int(np.argmax(between))])
 
 
-def hand_box(gray: np.ndarray) -> tuple[int, int, int, int]:
+def _hand(small: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray | None:
+    """The hand's mask on the small copy: the largest bright region and those at least `KEEP` of its size.
+
+    `inside`: look only within this region (a plate), on its own gray level just inside its border as the background.
+    """
+    if inside is None:
+        # The background: the median of the film's outer ring, where a hand rarely is except at the wrist.
+        ring = np.concatenate([small[:4].ravel(), small[-4:].ravel(), small[:, :4].ravel(), small[:, -4:].ravel()])
+        within = np.ones_like(small, dtype=bool)
+        threshold = THRESHOLD
+    else:
+        # The plate's own border is a sharp bright edge: leave it out, take the background just inside it, and ask
+        # more of the hand than against a dark film (a plate's gray is closer to the soft tissue's).
+        within = ndimage.binary_erosion(inside, iterations=4)
+        ring = small[within & ~ndimage.binary_erosion(within, iterations=4)]
+        if ring.size == 0:
+            return None
+        threshold = PLATE_THRESHOLD
+    background = float(np.median(ring))
+    brighter = small[within & (small > background)]
+    split = _otsu(brighter) if brighter.size else 1.0
+    mask = (small > background + threshold * (split - background)) & within
+    if inside is None:
+        # Bright, or edged: a dim finger on a vignetted film still has sharp edges against the flat background.
+        # (Inside a plate, the plate's own edges and bands would join the hand.)
+        mask |= ndimage.gaussian_gradient_magnitude(small, 1.0) > EDGE
+    else:
+        mask = ndimage.binary_opening(mask, iterations=1)  # thin bridges to the plate's bands and markers
+    mask = ndimage.binary_closing(mask, structure=np.ones((5, 5)), iterations=1)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    hand = np.isin(labels, np.flatnonzero(sizes >= KEEP * sizes.max()) + 1)
+    if inside is not None:  # give back the plate's border that was left out: the forearm runs to the plate's edge
+        hand = ndimage.binary_dilation(hand, iterations=4) & inside
+    return hand
+
+
+def _solidity(region: np.ndarray) -> float:
+    """Area over the area of its convex hull: a plate or the detector's field is convex (about 1), a hand is not."""
+    points = np.argwhere(region)
+    if len(points) < 4 or np.ptp(points[:, 0]) == 0 or np.ptp(points[:, 1]) == 0:
+        return 0.0
+    return float(region.sum() / max(ConvexHull(points).volume, 1.0))
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(np.any(mask, axis=1))
+    cols = np.flatnonzero(np.any(mask, axis=0))
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def _area(box: tuple[int, int, int, int]) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def hand_box(gray: np.ndarray, plate: bool = False) -> tuple[int, int, int, int]:
     """Float gray (H, W), bone bright -> (top, bottom, left, right) of the hand, in pixels of `gray`.
 
     The whole film when no region stands out (a blank or uniform film, or a hand that fills it).
@@ -59,23 +125,20 @@ def hand_box(gray: np.ndarray) -> tuple[int, int, int, int]:
         return whole
     # Gray levels by (slope-capped) rank: a film stored with another contrast, gamma or bit depth gives the same box.
     small = equalize_clipped(small, 4.0)
-    # The background: the median of the film's outer ring, where a hand rarely is except at the wrist.
-    ring = np.concatenate([small[:4].ravel(), small[-4:].ravel(), small[:, :4].ravel(), small[:, -4:].ravel()])
-    background = float(np.median(ring))
-    split = _otsu(small[small > background]) if np.any(small > background) else 1.0
-    # Bright, or edged: a dim finger on a vignetted film still has sharp edges against the flat background.
-    edges = ndimage.gaussian_gradient_magnitude(small, 1.0) > EDGE
-    mask = (small > background + THRESHOLD * (split - background)) | edges
-    mask = ndimage.binary_closing(mask, structure=np.ones((5, 5)), iterations=1)
-    mask = ndimage.binary_fill_holes(mask)
-    labels, n = ndimage.label(mask)
-    if n == 0:
+    hand = _hand(small)
+    if hand is None:
         return whole
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    hand = np.isin(labels, np.flatnonzero(sizes >= KEEP * sizes.max()) + 1)
-    rows = np.flatnonzero(np.any(hand, axis=1))
-    cols = np.flatnonzero(np.any(hand, axis=0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    box = _box(hand)
+    # A convex bright region is the plate the hand lies on: the hand is the brighter region inside it. Cut to it when
+    # it is found, or a rotation or a wider margin of the film moves the plate's edges under the network, and the
+    # answer with them (the film of a hand photographed on a light box moved by 13-30 months under every rotation).
+    largest = ndimage.label(hand)[0]
+    largest = largest == np.argmax(np.bincount(largest.ravel())[1:]) + 1
+    if plate and _solidity(largest) > PLATE:
+        inner = _hand(small, inside=largest)
+        if inner is not None and PLATE_HAND * _area(box) <= _area(_box(inner)) <= PLATE_SMALLER * _area(box):
+            box = _box(inner)
+    top, bottom, left, right = box
     if (bottom - top) * (right - left) < MIN_BOX * WORK * WORK:
         return whole
     dy, dx = MARGIN * (bottom - top), MARGIN * (right - left)
@@ -89,6 +152,6 @@ def hand_box(gray: np.ndarray) -> tuple[int, int, int, int]:
     return top, bottom, left, right
 
 
-def crop_to_hand(gray: np.ndarray) -> np.ndarray:
-    top, bottom, left, right = hand_box(gray)
+def crop_to_hand(gray: np.ndarray, plate: bool = False) -> np.ndarray:
+    top, bottom, left, right = hand_box(gray, plate)
     return gray[top:bottom, left:right]

@@ -50,8 +50,8 @@ def normalise_intensity(gray: np.ndarray, pp: Preprocess) -> np.ndarray:
 
 def model_region(gray: np.ndarray, pp: Preprocess) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the part of the film the model sees: the hand's box, or the whole film."""
-    if pp.crop == "hand":
-        return hand_box(gray)
+    if pp.crop in ("hand", "hand-in-plate"):
+        return hand_box(gray, plate=pp.crop == "hand-in-plate")
     return 0, gray.shape[0], 0, gray.shape[1]
 
 
