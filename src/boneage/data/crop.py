@@ -109,6 +109,18 @@ def _area(box: tuple[int, int, int, int]) -> int:
     return (box[1] - box[0]) * (box[3] - box[2])
 
 
+def _box_in_plate(small: np.ndarray, hand: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The box of the hand inside the plate when the hand's region is a plate and one is found there; else `box`."""
+    labels = ndimage.label(hand)[0]
+    largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    if _solidity(largest) <= PLATE:
+        return box
+    inner = _hand(small, inside=largest)
+    if inner is not None and PLATE_HAND * _area(box) <= _area(_box(inner)) <= PLATE_SMALLER * _area(box):
+        return _box(inner)
+    return box
+
+
 def hand_box(gray: np.ndarray, plate: bool = False) -> tuple[int, int, int, int]:
     """Float gray (H, W), bone bright -> (top, bottom, left, right) of the hand, in pixels of `gray`.
 
@@ -132,15 +144,11 @@ def hand_box(gray: np.ndarray, plate: bool = False) -> tuple[int, int, int, int]
     # A convex bright region is the plate the hand lies on: the hand is the brighter region inside it. Cut to it when
     # it is found, or a rotation or a wider margin of the film moves the plate's edges under the network, and the
     # answer with them (the film of a hand photographed on a light box moved by 13-30 months under every rotation).
-    largest = ndimage.label(hand)[0]
-    largest = largest == np.argmax(np.bincount(largest.ravel())[1:]) + 1
-    if plate and _solidity(largest) > PLATE:
-        inner = _hand(small, inside=largest)
-        if inner is not None and PLATE_HAND * _area(box) <= _area(_box(inner)) <= PLATE_SMALLER * _area(box):
-            box = _box(inner)
-    top, bottom, left, right = box
-    if (bottom - top) * (right - left) < MIN_BOX * WORK * WORK:
+    if plate:
+        box = _box_in_plate(small, hand, box)
+    if _area(box) < MIN_BOX * WORK * WORK:
         return whole
+    top, bottom, left, right = box
     dy, dx = MARGIN * (bottom - top), MARGIN * (right - left)
     sy, sx = h / WORK, w / WORK
     top = max(0, int(np.floor((top - dy) * sy)))
