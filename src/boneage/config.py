@@ -35,7 +35,8 @@ class Preprocess:
     # See `boneage.data.crop`.
     crop: str = "none"
     # Per-image intensity normalisation. "equalize" (histogram equalisation) maps any strictly increasing change of
-    # gray levels (contrast, brightness, gamma, 16-bit windowing) to the same image; see benchmarks/intensity.py.
+    # gray levels (contrast, brightness, gamma, 16-bit windowing) to the same image; see benchmarks/intensity.py. With
+    # `clip_limit` > 0 only a linear change still is (gamma 1.5 moves the input by about 19 of 255: docs/training.md).
     intensity: str = "equalize"  # "equalize" | "percentile" | "none"
     percentiles: tuple[float, float] = (0.5, 99.5)  # for intensity="percentile"
     # For intensity="equalize": 0 is plain equalisation. A limit c > 0 caps every gray level's share of the mapping at
