@@ -27,7 +27,9 @@ from boneage.config import train_config_from_dict
 from boneage.inference.checkpoint import load_network
 from boneage.training.datamodule import BoneAgeData, TensorBatches
 from boneage.training.module import prepare_batch
+from boneage.training.train import cpu_has_bf16_units
 
+BF16 = cpu_has_bf16_units()  # read once: it parses /proc/cpuinfo
 NONE = dict(hflip=False, vflip=False, rotate_deg=0.0, scale=0.0, translate=0.0, contrast=0.0, brightness=0.0,
             gamma=0.0, low_res=0.0, blur=0.0, noise=0.0, film_noise=0.0)
 
@@ -61,7 +63,7 @@ def errors(model, films: TensorBatches, cfg, over: dict | None, seed: int = 0, b
         i = torch.arange(start, min(start + batch, len(films.age)))
         torch.manual_seed(seed + start)  # every part draws the same films in the same order
         x = prepare_batch(films.images[i].unsqueeze(1), c, train=over is not None)
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=BF16):
             out.append((model(x.contiguous(memory_format=torch.channels_last), films.male[i]).float()
                         - films.age[i].float()).abs())
     return torch.cat(out)
@@ -95,7 +97,8 @@ def main() -> None:
     val = data.val_set
     n = min(args.n, len(val.age))
     val = TensorBatches(val.images[:n], val.male[:n], val.age[:n])
-    print(f"{args.model} on the first {n} validation films of {args.recipe}'s split (one view, bf16):")
+    print(f"{args.model} on the first {n} validation films of {args.recipe}'s split "
+          f"(one view, {'bf16' if BF16 else 'float32'}):")
     clean = errors(model, val, cfg, None)
     print(line("as inference reads them", clean, None))
     for name, over in parts(cfg)[1:]:
