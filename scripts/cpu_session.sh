@@ -11,7 +11,8 @@
 #   6. the shipped model's figures, measured the same way (once per shipped file, kept in docs/reference-model);
 #   7. scripts/ship_if_better.py: the candidate replaces the shipped model only if
 #        (worst precision family better, MAD not worse beyond a 0.3-month non-inferiority margin on the same films,
-#         worst age band's bias not 0.5 month worse beyond noise) or (MAD better and worst precision family not worse),
+#         worst age band's bias not 0.5 month worse beyond noise) or (MAD better and worst precision family not worse;
+#         with a MAD better beyond chance, not worse beyond a 0.2-month margin, tested film by film),
 #      and a row goes into the model card's history either way;
 #   8. when the candidate alone is not shipped: the soup of the shipped network and the candidate (weights averaged),
 #      measured and decided by the same rule (SOUP=0 skips it). Commit what it changed.
@@ -129,15 +130,17 @@ if [ "$(cat "$FIG/figures.sha256" 2>/dev/null)" != "$SUM" ]; then
   cp "$SHIPPED" "$WORK/shipped-int8.pt"
   score shipped "$WORK/shipped-int8.pt"
   SHIPPED_BIAS=$WORK/bias-shipped/bias.json; SHIPPED_PREC=$WORK/precision-shipped/precision.json
-  SHIPPED_ANSWERS=$WORK/bias-shipped/answers.csv
+  SHIPPED_ANSWERS=$WORK/bias-shipped/answers.csv; SHIPPED_DELTAS=$WORK/precision-shipped/deltas.csv
   if [ "$VAL_LIMIT" = 0 ]; then
     cp "$SHIPPED_BIAS" "$FIG/bias.json"; cp "$WORK/bias-shipped/bias.md" "$FIG/bias.md"
     cp "$WORK/bias-shipped/answers.csv" "$FIG/answers.csv"  # per film: the paired test of the ship rule
     cp "$SHIPPED_PREC" "$FIG/precision-cpu.json"; cp "$WORK/precision-shipped/precision.md" "$FIG/precision-cpu.md"
+    cp "$WORK/precision-shipped/deltas.csv" "$FIG/deltas-cpu.csv"  # per film: the paired precision test
     echo "$SUM" > "$FIG/figures.sha256"
   fi
 else
   SHIPPED_BIAS=$FIG/bias.json; SHIPPED_PREC=$FIG/precision-cpu.json; SHIPPED_ANSWERS=$FIG/answers.csv
+  SHIPPED_DELTAS=$FIG/deltas-cpu.csv
 fi
 
 # 7. ship only if better; a history row either way (a quick try with VAL_LIMIT decides nothing)
@@ -145,7 +148,8 @@ DRY=(); [ "$VAL_LIMIT" != 0 ] && DRY=(--dry-run)
 ship() {  # NAME LABEL -> $WORK/ship-NAME.txt: the decision's JSON line and the history row
   python3 scripts/ship_if_better.py --candidate "$WORK/$1.pt" --candidate-bias "$WORK/bias-$1/bias.json" \
     --candidate-precision "$WORK/precision-$1/precision.json" --shipped-bias "$SHIPPED_BIAS" \
-    --shipped-precision "$SHIPPED_PREC" --shipped-answers "$SHIPPED_ANSWERS" --run "$RUN" --label "$2" "${DRY[@]}" \
+    --shipped-precision "$SHIPPED_PREC" --shipped-answers "$SHIPPED_ANSWERS" \
+    --shipped-deltas "$SHIPPED_DELTAS" --run "$RUN" --label "$2" "${DRY[@]}" \
     > "$WORK/ship-$1.txt"
   tee -a "$WORK/log.txt" < "$WORK/ship-$1.txt"
   # shipped: the figures the script copied into place belong to the new file now, so the next session reuses them

@@ -6,7 +6,7 @@ measured by cross-fitting (`boneage debias`), and the precision of both measured
 
     (its worst precision family's SD single is better, its MAD is not worse by more than the margin, and its worst
     age band's |bias| is not worse by more than 0.5 month unless within noise)  or  (its MAD is better and its worst
-    SD is not worse).
+    SD is not worse, or, with a MAD better beyond chance, not worse by more than the precision margin).
 
 "Not worse by more than the margin" is a non-inferiority test on the same films: the upper end of the 95% bootstrap
 interval of the paired difference in MAD (candidate minus shipped, corrected answers, film by film) is at most
@@ -25,6 +25,18 @@ band, 21 films whose bias has a standard error of about 1.5 months; a fixed 0.5 
 worse, paired difference within one standard error) by chance. Run C is not decided again: the rule was written
 knowing its figures. In a band of hundreds of films the bound is tight and the 0.5 slack decides as before; without
 per-film answers the 0.5 alone decides.
+
+"Not worse by more than the precision margin" (since 2026-12-07, declared before the run it first decided, run L):
+with a MAD better beyond chance (the upper end of its paired 95% interval below 0), the worst precision family's SD
+single may be worse when the upper end of the 95% bootstrap interval of the paired difference (both models' deltas per
+film, `deltas.csv` beside each precision.json, films resampled, each model's worst family recomputed on every draw) is
+at most PRECISION_MARGIN = 0.2 month. Why: precision is measured on 100 films, and there the worst family's SD is a
+coarse figure. Run K (2026-12-07) had the better MAD (-0.06, 95% CI -0.09 to -0.03) and was held back by sensor noise,
+2.11 against 2.02, a difference whose bootstrap interval over the 100 films is -0.22 to +0.20; on 300 films the two
+read 1.75 and 1.73. 0.2 month is a tenth of the spread between two films of one hand in clinical software, and the
+goal (2.0) stays where it is. Run K would pass it (upper end +0.19); it is not decided again, because the margin was
+written knowing its figures. Without both
+models' deltas the point figures decide (not worse: by at most 0.01).
 
 The script copies the weights and their figures into place and appends a row to the model card's table of CPU
 sessions; committing is left to the person.
@@ -46,6 +58,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "src" / "boneage" / "weights" / "boneage-reference.pt"
 CARD = REPO / "src" / "boneage" / "weights" / "MODEL_CARD.md"
@@ -54,6 +68,7 @@ MARKER = "<!-- cpu-sessions: rows are appended here by scripts/ship_if_better.py
 TOLERANCE = 0.01
 MARGIN = 0.3        # months: the non-inferiority margin of the MAD (above)
 BAND_SLACK = 0.5    # months: how much worse the worst age band's |bias| may get with a precision gain, beyond noise
+PRECISION_MARGIN = 0.2  # months: how much worse the worst family's SD single may be with a clear MAD gain (above)
 
 
 def figures(bias_json: Path, precision_json: Path) -> dict:
@@ -74,8 +89,6 @@ def _corrected(path: Path) -> tuple[dict, dict]:
 def paired_difference(new_answers: Path, old_answers: Path, resamples: int = 4000, seed: int = 0) -> dict | None:
     """The MAD difference (new minus old, corrected answers) on the films both answered, with its 95% bootstrap
     interval over films; None when a file is missing or they share no film."""
-    import numpy as np
-
     def errors(path: Path) -> dict:
         true, corrected = _corrected(path)
         return {i: abs(corrected[i] - true[i]) for i in true}
@@ -97,8 +110,6 @@ def paired_band_difference(new_answers: Path, old_answers: Path, resamples: int 
     """The worst age band's |bias| (new minus old, corrected answers, the films both answered) and the one-sided 95%
     lower bound of that difference: films resampled within each band, each model's worst band recomputed per draw.
     None when a file is missing or they share no film."""
-    import numpy as np
-
     from boneage.evaluation.metrics import age_bands
 
     if not (new_answers and old_answers and new_answers.is_file() and old_answers.is_file()):
@@ -123,9 +134,48 @@ def paired_band_difference(new_answers: Path, old_answers: Path, resamples: int 
     return {"films": len(ids), "difference": round(float(d[0]), 3), "low": round(float(np.percentile(d[1:], 5)), 3)}
 
 
-def better(new: dict, old: dict, paired: dict | None = None, band: dict | None = None) -> tuple[bool, str]:
+def _deltas(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """ids, change names ("family: change") and the (films, changes) moves of a `boneage precision` deltas.csv."""
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    changes = rows[0][2:]
+    moves = np.array([[float(v) for v in r[2:]] for r in rows[1:]]).reshape(-1, len(changes))
+    return [r[0] for r in rows[1:]], changes, moves
+
+
+def paired_precision_difference(new_deltas: Path, old_deltas: Path, resamples: int = 4000,
+                                seed: int = 0) -> dict | None:
+    """The worst precision family's SD single (new minus old) on the films and changes both measured, with its 95%
+    bootstrap interval: films resampled, each model's worst family recomputed on every draw (the SD as
+    `boneage precision` computes it: a family's moves pooled, SD / sqrt 2). None when a file is missing or they share
+    no film or no change."""
+    if not (new_deltas and old_deltas and new_deltas.is_file() and old_deltas.is_file()):
+        return None
+    (new_ids, new_changes, new), (old_ids, old_changes, old) = _deltas(new_deltas), _deltas(old_deltas)
+    ids, changes = sorted(set(new_ids) & set(old_ids)), [c for c in new_changes if c in old_changes]
+    if not ids or not changes:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = np.concatenate([np.arange(len(ids))[None], rng.integers(0, len(ids), size=(resamples, len(ids)))])
+    families = {}
+    for c in changes:
+        families.setdefault(c.partition(": ")[0], []).append(c)
+    worst = []
+    for model_ids, model_changes, d in ((new_ids, new_changes, new), (old_ids, old_changes, old)):
+        rows = [model_ids.index(i) for i in ids]
+        sds = [d[np.ix_(rows, [model_changes.index(c) for c in members])][draws].reshape(len(draws), -1)
+               .std(axis=1, ddof=1) / np.sqrt(2) for members in families.values()]
+        worst.append(np.max(sds, axis=0))
+    diff = worst[0] - worst[1]
+    low, high = np.percentile(diff[1:], [2.5, 97.5])
+    return {"films": len(ids), "difference": round(float(diff[0]), 3), "low": round(float(low), 3),
+            "high": round(float(high), 3)}
+
+
+def better(new: dict, old: dict, paired: dict | None = None, band: dict | None = None,
+           precision: dict | None = None) -> tuple[bool, str]:
     """(ship?, why): the rule above. `paired`: paired_difference() of the two models' answers, if known; `band`:
-    paired_band_difference() of the same."""
+    paired_band_difference() of the same; `precision`: paired_precision_difference() of their deltas."""
     if new["films"] != old["films"] or new["precision_films"] != old["precision_films"] \
             or new["families"] != old["families"]:
         return False, "not comparable: measured on other films or families"
@@ -145,12 +195,19 @@ def better(new: dict, old: dict, paired: dict | None = None, band: dict | None =
                 if band_worse > BAND_SLACK and band_noise else "")
     sd_better = new["worst_sd"] < old["worst_sd"] - TOLERANCE
     sd_not_worse = new["worst_sd"] <= old["worst_sd"] + TOLERANCE
+    sd_within_margin = (paired is not None and paired["high"] < 0 and precision is not None
+                        and precision["films"] == new["precision_films"] and precision["high"] <= PRECISION_MARGIN)
+    sd_why = (f"; worst precision family {precision['difference']:+.2f} (95% CI {precision['low']:+.2f} to "
+              f"{precision['high']:+.2f})" if precision is not None else "")
     if mad_better and sd_not_worse:
         return True, f"MAD better, precision not worse; {mad_why}"
+    if mad_better and sd_within_margin:
+        return True, f"MAD better beyond chance, worst precision family within the {PRECISION_MARGIN} margin; " \
+                     f"{mad_why}{sd_why}"
     if sd_better and mad_non_inferior and bands_held:
         return True, f"worst precision family better, MAD within the {MARGIN} margin; {mad_why}{band_why}"
     if not sd_not_worse:
-        return False, f"worst precision family worse; {mad_why}"
+        return False, f"worst precision family worse; {mad_why}{sd_why}"
     if not sd_better:
         return False, f"neither better; {mad_why}"
     failed = []  # every condition of the precision branch that failed, so the row says all of it
@@ -199,6 +256,9 @@ def main(argv=None) -> int:
     p.add_argument("--candidate-answers", type=Path, help="its per-film answers (default: answers.csv beside its "
                    "bias.json)")
     p.add_argument("--shipped-answers", type=Path, default=FIGURES / "answers.csv")
+    p.add_argument("--candidate-deltas", type=Path, help="its precision moves per film (default: deltas.csv beside "
+                   "its precision.json)")
+    p.add_argument("--shipped-deltas", type=Path, default=FIGURES / "deltas-cpu.csv")
     p.add_argument("--run", required=True, type=Path, help="the training run folder")
     p.add_argument("--label", default="CPU", help="the machine, for the history row")
     p.add_argument("--dry-run", action="store_true", help="decide and print the row; change nothing")
@@ -214,10 +274,12 @@ def main(argv=None) -> int:
                                args.shipped_answers)
     band = paired_band_difference(args.candidate_answers or args.candidate_bias.with_name("answers.csv"),
                                   args.shipped_answers)
-    ship, why = better(new, old, paired, band)
+    deltas = args.candidate_deltas or args.candidate_precision.with_name("deltas.csv")
+    precision = paired_precision_difference(deltas, args.shipped_deltas)
+    ship, why = better(new, old, paired, band, precision)
     row = history_row(new, old, run_summary(args.run), ship, why, args.label)
     print(json.dumps({"ship": ship, "why": why, "paired_mad_difference": paired, "paired_worst_band": band,
-                      "candidate": new, "shipped": old}))
+                      "paired_worst_precision": precision, "candidate": new, "shipped": old}))
     print(row)
     if args.dry_run:
         return 0
@@ -232,7 +294,8 @@ def main(argv=None) -> int:
         shutil.copyfile(args.candidate_precision, FIGURES / "precision-cpu.json")
         extras = {args.candidate_bias.with_name("bias.md"): "bias.md",
                   args.candidate_precision.with_name("precision.md"): "precision-cpu.md",
-                  args.candidate_answers or args.candidate_bias.with_name("answers.csv"): "answers.csv"}
+                  args.candidate_answers or args.candidate_bias.with_name("answers.csv"): "answers.csv",
+                  deltas: "deltas-cpu.csv"}
         for extra, name in extras.items():
             if extra.is_file():
                 shutil.copyfile(extra, FIGURES / name)

@@ -71,6 +71,54 @@ def test_better_mad_with_worse_precision_does_not_ship(rule):
     assert not ship and "precision family worse" in why
 
 
+def precision_paired(difference, low, high, films=20):
+    return {"films": films, "difference": difference, "low": low, "high": high}
+
+
+def test_a_clear_mad_gain_may_cost_precision_within_the_margin(rule):
+    new, old = figures(7.33, 2.11), figures(7.38, 2.02)
+    ship, why = rule.better(new, old, paired(-0.06, -0.09, -0.03), None, precision_paired(0.09, -0.22, 0.19))
+    assert ship and "within the 0.2 margin" in why and "+0.09 (95% CI -0.22 to +0.19)" in why
+    # without the deltas per film, or measured on other films, the point figures decide as before
+    assert not rule.better(new, old, paired(-0.06, -0.09, -0.03))[0]
+    assert not rule.better(new, old, paired(-0.06, -0.09, -0.03), None, precision_paired(0.09, -0.2, 0.19, 50))[0]
+
+
+def test_the_precision_margin_needs_a_mad_gain_beyond_chance_and_stays_a_margin(rule):
+    new, old = figures(7.33, 2.11), figures(7.38, 2.02)
+    ship, why = rule.better(new, old, paired(-0.05, -0.10, 0.01), None, precision_paired(0.09, -0.22, 0.19))
+    assert not ship and "precision family worse" in why and "+0.19" in why
+    assert not rule.better(new, old, paired(-0.06, -0.09, -0.03), None, precision_paired(0.15, -0.05, 0.31))[0]
+
+
+def write_deltas(path: Path, moves) -> Path:
+    """A `boneage precision` deltas.csv: one row per film, two families of two changes each."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "predicted_months", "noise: SD 1", "noise: SD 3", "rotation: -5°", "rotation: +5°"])
+        for i, row in enumerate(moves):
+            w.writerow([i, 100.0, *row])
+    return path
+
+
+def test_paired_precision_difference_recomputes_each_models_worst_family(rule, tmp_path):
+    from boneage.evaluation.precision import summarise
+
+    rng = __import__("numpy").random.default_rng(0)
+    moves = rng.normal(0, 1, (60, 4)) * [1, 3, 1, 1]
+    old = write_deltas(tmp_path / "old.csv", moves)
+    assert rule.paired_precision_difference(old, old) == {"films": 60, "difference": 0.0, "low": 0.0, "high": 0.0}
+    # the new model moves twice as far under noise: worse beyond chance, by its worst family's SD as reported
+    new = write_deltas(tmp_path / "new.csv", moves * [2, 2, 1, 1])
+    d = rule.paired_precision_difference(new, old)
+    change = lambda family: (family, "", None)  # noqa: E731
+    families = [change("noise"), change("noise"), change("rotation"), change("rotation")]
+    sd = lambda m: summarise(m, families)["worst_sd_single"]  # noqa: E731
+    assert d["difference"] == pytest.approx(sd(moves * [2, 2, 1, 1]) - sd(moves), abs=0.01)
+    assert 0 < d["low"] < d["difference"] < d["high"]
+    assert rule.paired_precision_difference(tmp_path / "missing.csv", old) is None
+
+
 def test_other_films_are_not_comparable(rule):
     assert not rule.better(figures(7.0, 2.0, films=90), SHIPPED)[0]
     assert "per-film" in rule.better(figures(7.0, 2.0), SHIPPED, paired(0.0, -0.1, 0.1, films=50))[1]
@@ -124,6 +172,7 @@ def test_main_decides_from_the_files_and_changes_nothing_on_a_dry_run(rule, tmp_
         (d / "precision.json").write_text(json.dumps({"worst_sd_single": sd, "largest_abs": 5 * sd, "n": 20,
                                                        "families": {"noise": {"sd_single": sd}}}))
         write_answers(d / "answers.csv", errors)
+        write_deltas(d / "deltas.csv", [[sd, -sd, 0, 0]] * 20)
         return d
 
     old = side("shipped", 7.0, 9.0, [7.0] * 50)
@@ -132,11 +181,14 @@ def test_main_decides_from_the_files_and_changes_nothing_on_a_dry_run(rule, tmp_
     code = rule.main(["--candidate", str(tmp_path / "w.pt"), "--candidate-bias", str(new / "bias.json"),
                       "--candidate-precision", str(new / "precision.json"), "--shipped-bias", str(old / "bias.json"),
                       "--shipped-precision", str(old / "precision.json"), "--shipped-answers",
-                      str(old / "answers.csv"), "--run", str(tmp_path), "--dry-run"])
+                      str(old / "answers.csv"), "--shipped-deltas", str(old / "deltas.csv"), "--run",
+                      str(tmp_path), "--dry-run"])
     decision, row = capsys.readouterr().out.splitlines()
     decision = json.loads(decision)
     assert code == 0 and decision["ship"] and decision["paired_mad_difference"]["mean"] == pytest.approx(0.1)
     assert row.startswith("| ") and "**yes**" in row
+    # the candidate's moves per film are found beside its precision.json
+    assert decision["paired_worst_precision"]["films"] == 20 and decision["paired_worst_precision"]["difference"] < 0
 
 
 def test_the_row_says_the_runs_learning_rate_and_weight_average(rule, tmp_path):
