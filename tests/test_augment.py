@@ -15,6 +15,7 @@ from boneage.training.augment import (
     film_noise,
     gaussian_blur,
     low_resolution,
+    narrow_range,
     sensor_noise,
 )
 
@@ -106,3 +107,23 @@ def test_noise_before_the_normalisation_is_amplified_on_a_dark_film_as_at_infere
     # `sensor_noise` at the same nominal size after the normalisation could ever move it
     assert moved[0] > 3 * moved[2]
     assert moved[0] > 3.0 / 255
+
+
+def test_narrowed_films_keep_their_darkest_level_and_meet_film_noise_as_narrow_films_do():
+    torch.manual_seed(0)
+    films = _films()
+    assert torch.equal(narrow_range(films, 0.0), films)
+    many = films[2:3].repeat(256, 1, 1, 1)  # the full-range film
+    narrowed = narrow_range(many, 1.0)
+    span = lambda x: (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))  # noqa: E731
+    ratio = span(narrowed) / span(many)
+    assert torch.equal(narrowed.amin(dim=(1, 2, 3)), many.amin(dim=(1, 2, 3)))
+    assert ratio.min() >= 0.25 - 1e-6 and ratio.max() <= 1 + 1e-6 and ratio.std() > 0.1  # drawn per film
+    half = span(narrow_range(many, 0.5)) / span(many)
+    assert 0.3 < (half < 1 - 1e-6).float().mean() < 0.7  # about the share asked for
+    # the same noise moves a narrowed film after the normalisation more than the film as it was
+    clean = equalize_clipped_batch(many[:64], 3.0)
+    as_is = (equalize_clipped_batch(film_noise(many[:64], 3.0), 3.0) - clean).std()
+    squeezed = narrow_range(many[:64], 1.0, least=0.25)
+    moved = (equalize_clipped_batch(film_noise(squeezed, 3.0), 3.0) - equalize_clipped_batch(squeezed, 3.0)).std()
+    assert moved > 1.5 * as_is

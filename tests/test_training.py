@@ -35,11 +35,17 @@ def test_noise_before_the_normalisation_trains_from_a_raw_store(synthetic, tmp_p
 
     images, labels = synthetic
     cfg = TrainConfig(images=str(images), labels=str(labels), out=str(tmp_path / "r"), limit=64, film_noise=3.0,
-                      model=ModelConfig(arch="tiny_cnn"), preprocess=Preprocess(image_size=32, clip_limit=3.0),
-                      epochs=1, batch_size=16, cache_dir=str(tmp_path / "cache"), precision="32-true")
+                      film_narrow=0.5, model=ModelConfig(arch="tiny_cnn"),
+                      preprocess=Preprocess(image_size=32, clip_limit=3.0), epochs=1, batch_size=16,
+                      cache_dir=str(tmp_path / "cache"), precision="32-true")
     run(cfg, log=lambda m: None)
     assert len(list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))) == 1
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["film_noise"] == 3.0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["film_noise"] == 3.0 and saved["film_narrow"] == 0.5
+    with pytest.raises(UserError, match="film_narrow narrows films for film_noise"):
+        train_config_from_dict({**saved, "film_noise": 0}).validate()
+    with pytest.raises(UserError, match="film_narrow is a share of films, at most 1"):
+        train_config_from_dict({**saved, "film_narrow": 2}).validate()
     stores = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]
     assert [s["raw"] for s in stores] == [True]
     with pytest.raises(UserError, match="film_noise needs intensity 'equalize'"):

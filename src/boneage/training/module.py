@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from boneage.config import TrainConfig, to_dict, train_config_from_dict
 from boneage.data.preprocess import to_model_input
 from boneage.models import create_model
-from boneage.training.augment import augment, equalize_clipped_batch, film_noise
+from boneage.training.augment import augment, equalize_clipped_batch, film_noise, narrow_range
 
 
 def prepare_batch(images: torch.Tensor, cfg: TrainConfig, train: bool) -> torch.Tensor:
@@ -21,6 +21,8 @@ def prepare_batch(images: torch.Tensor, cfg: TrainConfig, train: bool) -> torch.
         x = images.float() / 255.0
     else:
         x = images.float()
+        if train and cfg.film_narrow:
+            x = narrow_range(x, cfg.film_narrow)
         if train and cfg.film_noise:
             x = film_noise(x, cfg.film_noise)
         x = equalize_clipped_batch(x, cfg.preprocess.clip_limit)
