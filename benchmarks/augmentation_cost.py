@@ -31,7 +31,7 @@ from boneage.training.train import cpu_has_bf16_units
 
 BF16 = cpu_has_bf16_units()  # read once: it parses /proc/cpuinfo
 NONE = dict(hflip=False, vflip=False, rotate_deg=0.0, scale=0.0, translate=0.0, contrast=0.0, brightness=0.0,
-            gamma=0.0, low_res=0.0, blur=0.0, noise=0.0, film_noise=0.0)
+            gamma=0.0, low_res=0.0, blur=0.0, noise=0.0, film_noise=0.0, film_narrow=0.0)
 
 
 def parts(cfg) -> list[tuple[str, dict]]:
@@ -42,7 +42,7 @@ def parts(cfg) -> list[tuple[str, dict]]:
     return [
         ("clean", NONE),
         ("flips", only(hflip=cfg.hflip, vflip=cfg.vflip)),
-        ("film noise", only(film_noise=cfg.film_noise)),
+        ("film noise", only(film_noise=cfg.film_noise, film_narrow=cfg.film_narrow)),
         ("affine (rotation, zoom, shift)", only(rotate_deg=cfg.rotate_deg, scale=cfg.scale, translate=cfg.translate)),
         ("  rotation alone", only(rotate_deg=cfg.rotate_deg)),
         ("  zoom alone", only(scale=cfg.scale)),

@@ -32,11 +32,10 @@ single may be worse when the upper end of the 95% bootstrap interval of the pair
 film, `deltas.csv` beside each precision.json, films resampled, each model's worst family recomputed on every draw) is
 at most PRECISION_MARGIN = 0.2 month. Why: precision is measured on 100 films, and there the worst family's SD is a
 coarse figure. Run K (2026-12-07) had the better MAD (-0.06, 95% CI -0.09 to -0.03) and was held back by sensor noise,
-2.11 against 2.02, a difference whose bootstrap interval over the 100 films is -0.22 to +0.20; on 300 films the two
+2.11 against 2.02, a difference whose bootstrap interval over the 100 films is -0.22 to +0.19; on 300 films the two
 read 1.75 and 1.73. 0.2 month is a tenth of the spread between two films of one hand in clinical software, and the
-goal (2.0) stays where it is. Run K would pass it (upper end +0.19); it is not decided again, because the margin was
-written knowing its figures. Without both
-models' deltas the point figures decide (not worse: by at most 0.01).
+goal (2.0) stays where it is. Run K would pass it; it is not decided again, because the margin was written knowing its
+figures. Without both models' deltas the point figures decide (not worse: by at most 0.01).
 
 The script copies the weights and their figures into place and appends a row to the model card's table of CPU
 sessions; committing is left to the person.
@@ -162,8 +161,9 @@ def paired_precision_difference(new_deltas: Path, old_deltas: Path, resamples: i
         families.setdefault(c.partition(": ")[0], []).append(c)
     worst = []
     for model_ids, model_changes, d in ((new_ids, new_changes, new), (old_ids, old_changes, old)):
-        rows = [model_ids.index(i) for i in ids]
-        sds = [d[np.ix_(rows, [model_changes.index(c) for c in members])][draws].reshape(len(draws), -1)
+        row, column = {i: k for k, i in enumerate(model_ids)}, {c: k for k, c in enumerate(model_changes)}
+        rows = [row[i] for i in ids]
+        sds = [d[np.ix_(rows, [column[c] for c in members])][draws].reshape(len(draws), -1)
                .std(axis=1, ddof=1) / np.sqrt(2) for members in families.values()]
         worst.append(np.max(sds, axis=0))
     diff = worst[0] - worst[1]
@@ -270,11 +270,10 @@ def main(argv=None) -> int:
             return 2
     new = figures(args.candidate_bias, args.candidate_precision)
     old = figures(args.shipped_bias, args.shipped_precision)
-    paired = paired_difference(args.candidate_answers or args.candidate_bias.with_name("answers.csv"),
-                               args.shipped_answers)
-    band = paired_band_difference(args.candidate_answers or args.candidate_bias.with_name("answers.csv"),
-                                  args.shipped_answers)
+    answers = args.candidate_answers or args.candidate_bias.with_name("answers.csv")
     deltas = args.candidate_deltas or args.candidate_precision.with_name("deltas.csv")
+    paired = paired_difference(answers, args.shipped_answers)
+    band = paired_band_difference(answers, args.shipped_answers)
     precision = paired_precision_difference(deltas, args.shipped_deltas)
     ship, why = better(new, old, paired, band, precision)
     row = history_row(new, old, run_summary(args.run), ship, why, args.label)
@@ -294,8 +293,7 @@ def main(argv=None) -> int:
         shutil.copyfile(args.candidate_precision, FIGURES / "precision-cpu.json")
         extras = {args.candidate_bias.with_name("bias.md"): "bias.md",
                   args.candidate_precision.with_name("precision.md"): "precision-cpu.md",
-                  args.candidate_answers or args.candidate_bias.with_name("answers.csv"): "answers.csv",
-                  deltas: "deltas-cpu.csv"}
+                  answers: "answers.csv", deltas: "deltas-cpu.csv"}
         for extra, name in extras.items():
             if extra.is_file():
                 shutil.copyfile(extra, FIGURES / name)
