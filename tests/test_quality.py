@@ -81,6 +81,18 @@ def test_each_input_kind_reads_bone_bright_and_passes(kind, data, top):
     assert np.corrcoef(checked.gray.ravel(), HAND.ravel())[0, 1] > 0.99  # the same picture, bone bright
 
 
+def test_a_narrow_8bit_film_is_answered_with_a_warning_and_a_16bit_one_without():
+    narrow = 20 + HAND * 60  # about 60 of 255 levels, like the dim exports of the RSNA set's first block of ids
+    checked = read_checked(png(np.round(narrow).astype(np.uint8)), "dim.png")
+    assert len(checked.warnings) == 1 and checked.warnings[0].startswith("narrow gray range (")
+    span = int(re.search(r"\((\d+) of 255", checked.warnings[0]).group(1))
+    assert span == pytest.approx(60 * np.subtract(*np.percentile(HAND, (99, 1))), abs=2)  # 1st-99th, rounded
+    # the same film with 16 bits: its levels are its own, hundreds of them, and no warning is given
+    assert read_checked(png(np.round(narrow * 257).astype(np.uint16)), "dim16.png").warnings == []
+    # and an 8-bit film spanning more than 80 levels is not warned about either
+    assert read_checked(png(np.round(20 + HAND * 150).astype(np.uint8)), "wider.png").warnings == []
+
+
 def test_dicom_monochrome1_passes_with_its_header():
     stored = (4095 - np.round(HAND * 4095)).astype(np.uint16)  # MONOCHROME1: bone dark in the stored values
     checked = read_checked(dicom(stored, "MONOCHROME1", 12, PatientSex="M"), "hand")

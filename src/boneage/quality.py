@@ -13,7 +13,8 @@ Refusals (`UserError`, message "NAME: reason"), in the order they are tried:
 - probably not a hand radiograph from its layout and texture (`not_hand_score`): a whole-body scan, an ultrasound, a
   CT slice or a photograph whose header is gone.
 Warnings (returned, not raised): a DICOM BodyPartExamined not recognised as a hand, wrist or upper limb, nor as another
-part; borderline inversion scores.
+part; borderline inversion scores; an 8-bit film of a narrow gray range (under 80 of 255 levels between its 1st and
+99th percentiles: such films are read less accurately and move more under noise or re-encoding, model card).
 
 Texture statistics are computed on the image squeezed to 128 x 128 with the model's own resize, cropped to its content
 (`_trim`: outer rows and columns dropped that are uniform, or at the level of a frame around the picture - scanner
@@ -54,6 +55,13 @@ MAX_ASPECT = 4.0  # long side / short side; hand radiographs are about 1.2-1.6
 MAX_MODE_SHARE = 0.99  # share of pixels at the single most common value
 MAX_COLOUR = 0.10  # share of clearly coloured pixels (see images.colour_fraction); gray radiographs score ~0
 MIN_LEVELS = 16  # distinct gray values (on a 1/4 subsample); the RSNA 8-bit JPEGs have at least 46
+# 8-bit films spanning fewer levels than this between their 1st and 99th percentiles get a warning: on the RSNA
+# validation films (2026-12-08, benchmarks/film_sources.py) the 344 of 2,522 that narrow were read at MAD 9.1 months
+# against 7.0 for the 2,062 over 140 levels; of the first 100, the 15 that narrow moved seven times more under sensor
+# noise and re-encoding than the 80 over 140 (SD of one determination 4.9 and 2.8 against 0.7 and 0.4 months: 3 gray
+# levels of noise are 4-14 % of such a film's range, and the equalisation stretches them with it). Not asked of
+# 16-bit files or DICOM: their scale is their own, and a narrow share of 65,535 levels is still hundreds of levels.
+NARROW_LEVELS = 80
 HAND_PARTS = ("HAND", "WRIST", "FINGER", "UPPER LIMB", "UPPER EXTREMITY", "EXTREMITY", "ARM", "FOREARM")
 # BodyPartExamined words (DICOM PS3.16 Annex L defined terms and common free text) of parts that are not a hand:
 # a refusal whatever the Modality says (it is often removed by anonymisation). Matched as whole words and as two
@@ -221,10 +229,11 @@ def not_hand_score(features: dict) -> float:
 
 
 def check_image(gray: np.ndarray, name: str, colour_fraction: float | None = None,
-                dicom: DicomImage | None = None) -> list[str]:
+                dicom: DicomImage | None = None, full_scale: float | None = None) -> list[str]:
     """Raise `UserError` ("NAME: reason") for an input that is not a usable hand radiograph; else return warnings.
 
-    gray: float (H, W) as decoded (bone bright). colour_fraction and dicom: from `boneage.data.images.read_image`.
+    gray: float (H, W) as decoded (bone bright). colour_fraction, dicom and full_scale (255 for an 8-bit file): from
+    `boneage.data.images.read_image`.
     """
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.size == 0:
@@ -278,6 +287,13 @@ def check_image(gray: np.ndarray, name: str, colour_fraction: float | None = Non
                         "like a whole-body scan, an ultrasound, a CT slice or a photograph)")
     if score > INVERTED_WARN:
         warnings.append(f"the image may be inverted (score {score:.1f}): check that bone is bright")
+    if full_scale:
+        lo, hi = np.percentile(sub, (1, 99))
+        span = 255 * float(hi - lo) / full_scale
+        if span < NARROW_LEVELS:
+            warnings.append(f"narrow gray range ({span:.0f} of 255 levels between the 1st and 99th percentiles): "
+                            "such films are read less accurately and move more under noise; send the 16-bit or "
+                            "DICOM original if there is one")
     return warnings
 
 
@@ -295,5 +311,6 @@ def read_checked(data: bytes | str | Path, name: str | None = None) -> CheckedIm
     """Decode any supported input (DICOM recognised by content) and run every check. Raises `UserError`."""
     name = name or ("<upload>" if isinstance(data, bytes) else str(data))
     decoded: Decoded = read_image(data, name)
-    warnings = decoded.notes + check_image(decoded.gray, name, decoded.colour_fraction, decoded.dicom)
+    warnings = decoded.notes + check_image(decoded.gray, name, decoded.colour_fraction, decoded.dicom,
+                                           decoded.full_scale)
     return CheckedImage(name=name, gray=decoded.gray, warnings=warnings, dicom=decoded.dicom)

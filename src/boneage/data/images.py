@@ -33,6 +33,7 @@ class Decoded:
     colour_fraction: float | None = None  # colour files only: share of clearly coloured pixels (photos: high)
     dicom: DicomImage | None = None  # DICOM files only: the header facts (sex, age, dates...)
     notes: list[str] = field(default_factory=list)  # for the record's warnings, e.g. "first of 3 frames"
+    full_scale: float | None = None  # 255 for an 8-bit file; None where the scale is the file's own (16-bit, DICOM)
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
@@ -93,7 +94,8 @@ def read_image(data: bytes | Path | str, name: str | None = None) -> Decoded:
                 # an animated GIF or a multi-page TIFF: the first frame is the film, as for a multi-frame DICOM
                 gray, colour = _to_gray(img), _colour_of(img)
                 frames = getattr(img, "n_frames", 1)  # counted after the decode: counting seeks through the file
-                return Decoded(gray, colour, notes=[f"first of {frames} frames"] if frames > 1 else [])
+                return Decoded(gray, colour, notes=[f"first of {frames} frames"] if frames > 1 else [],
+                               full_scale=None if img.mode in _WIDE else 255.0)
     except UnidentifiedImageError:
         raise UserError(f"{name}: not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
