@@ -82,7 +82,7 @@ def test_each_input_kind_reads_bone_bright_and_passes(kind, data, top):
 
 
 def test_a_narrow_8bit_film_is_answered_with_a_warning_and_a_16bit_one_without():
-    narrow = 20 + HAND * 60  # about 60 of 255 levels, like the dim exports of the RSNA set's first block of ids
+    narrow = 20 + HAND * 60  # about 47 of 255 levels (1st-99th), like the dim exports of the RSNA first id block
     checked = read_checked(png(np.round(narrow).astype(np.uint8)), "dim.png")
     assert len(checked.warnings) == 1 and checked.warnings[0].startswith("narrow gray range (")
     span = int(re.search(r"\((\d+) of 255", checked.warnings[0]).group(1))
