@@ -23,8 +23,8 @@ import numpy as np
 
 from boneage.data.images import read_image
 from boneage.evaluation.precision import CHANGES, summarise
-
-NARROW = 80  # gray levels of 255 between the 1st and 99th percentiles: under it, a film is "narrow"
+from boneage.quality import NARROW_LEVELS as NARROW  # under it (of 255 levels), the input checks warn
+from boneage.quality import gray_span
 
 
 def id_blocks(labels: Path) -> tuple[int, int]:
@@ -33,12 +33,6 @@ def id_blocks(labels: Path) -> tuple[int, int]:
         ids = np.sort([int(r["id"]) for r in csv.DictReader(f)])
     k = int(np.argmax(np.diff(ids)))
     return int(ids[k]), int(ids[k + 1])
-
-
-def gray_range(path: Path) -> float:
-    """1st-99th percentile span of the film, in levels of 255 (the RSNA copies are 8-bit)."""
-    lo, hi = np.percentile(read_image(path).gray, (1, 99))
-    return float(hi - lo)
 
 
 def read_answers(path: Path) -> dict[int, tuple[float, float]]:
@@ -89,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="folder with boneage-training-dataset/ and its CSV")
     ap.add_argument("--answers", type=Path, default=Path("docs/reference-model/answers.csv"))
-    ap.add_argument("--deltas", type=Path, default=Path("docs/reference-model/deltas-cpu.csv"),
+    ap.add_argument("--deltas", default="docs/reference-model/deltas-cpu.csv",
                     help="boneage precision's deltas.csv (per film, per change); '' to skip")
     args = ap.parse_args()
     images, labels = args.data / "boneage-training-dataset", args.data / "boneage-training-dataset.csv"
@@ -98,12 +92,12 @@ def main() -> None:
 
     answers = read_answers(args.answers)
     ids = np.array(sorted(answers))
-    ranges = np.array([gray_range(images / f"{i}.jpg") for i in ids])
+    ranges = np.array([gray_span(read_image(images / f"{i}.jpg").gray) for i in ids])  # 8-bit: of 255
     truth, answer = (np.array([answers[i][k] for i in ids]) for k in (0, 1))
     print(f"\n{args.answers} ({len(ids)} films; median gray range {np.median(ranges):.0f} of 255)\n")
     print("\n".join(error_table(groups_for(ids, ranges, last_low), truth, answer)))
 
-    if str(args.deltas):
+    if args.deltas:  # a str: Path("") would be "." and never empty
         with open(args.deltas, newline="") as f:
             rows = list(csv.DictReader(f))
         cols = [f"{fam}: {name}" for fam, name, _ in CHANGES]

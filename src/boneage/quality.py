@@ -228,6 +228,12 @@ def not_hand_score(features: dict) -> float:
     return NOT_HAND_BIAS + float(np.dot(list(NOT_HAND_WEIGHTS.values()), values))
 
 
+def gray_span(gray: np.ndarray) -> float:
+    """The film's gray range: its 1st to 99th percentile, in its own scale (NARROW_LEVELS is of 255)."""
+    lo, hi = np.percentile(gray, (1, 99))
+    return float(hi - lo)
+
+
 def check_image(gray: np.ndarray, name: str, colour_fraction: float | None = None,
                 dicom: DicomImage | None = None, full_scale: float | None = None) -> list[str]:
     """Raise `UserError` ("NAME: reason") for an input that is not a usable hand radiograph; else return warnings.
@@ -288,8 +294,7 @@ def check_image(gray: np.ndarray, name: str, colour_fraction: float | None = Non
     if score > INVERTED_WARN:
         warnings.append(f"the image may be inverted (score {score:.1f}): check that bone is bright")
     if full_scale:
-        lo, hi = np.percentile(sub, (1, 99))
-        span = 255 * float(hi - lo) / full_scale
+        span = 255 * gray_span(sub) / full_scale
         if span < NARROW_LEVELS:
             warnings.append(f"narrow gray range ({span:.0f} of 255 levels between the 1st and 99th percentiles): "
                             "such films are read less accurately and move more under noise; send the 16-bit or "
